@@ -1,0 +1,1 @@
+//! gRPC and REST on one port. PLACEHOLDER: the API helper replaces this.

@@ -1,0 +1,380 @@
+//! Challenges: registering, reading, updating and deleting them.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use chrono::{DateTime, Utc};
+use futures::future::join_all;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{info, warn};
+
+use crate::{
+    error::{Error, Result},
+    instance::Instance,
+    lock::Mode,
+    manager::Manager,
+    time::{serde_duration_opt, serde_timestamp_opt},
+};
+
+/// A registered challenge, as stored in `challenge.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    pub id: String,
+    /// The reference as the client gave it.
+    pub scenario: String,
+    /// Manifest digest the reference resolved to when it was set: instances
+    /// always deploy this exact content, even if the tag moves.
+    pub digest: String,
+    #[serde(default, with = "serde_duration_opt", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(default, with = "serde_timestamp_opt", skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub additional: BTreeMap<String, String>,
+    #[serde(default)]
+    pub min: i64,
+    #[serde(default)]
+    pub max: i64,
+}
+
+impl Challenge {
+    /// Whether the challenge refuses new instances at `now`.
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.until.is_some_and(|until| now > until)
+    }
+
+    /// Computes when an instance created or renewed at `now` expires: after
+    /// the timeout, but never past the challenge's own end.
+    pub fn instance_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let after_timeout = self
+            .timeout
+            .and_then(|timeout| chrono::Duration::from_std(timeout).ok())
+            .and_then(|timeout| now.checked_add_signed(timeout));
+        match (after_timeout, self.until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// A challenge with its claimed instances, as the API returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChallengeInfo {
+    pub challenge: Challenge,
+    pub instances: Vec<Instance>,
+}
+
+/// Request to register a challenge.
+#[derive(Clone, Debug, Default)]
+pub struct NewChallenge {
+    pub id: String,
+    pub scenario: String,
+    pub timeout: Option<Duration>,
+    pub until: Option<DateTime<Utc>>,
+    pub additional: BTreeMap<String, String>,
+    pub min: i64,
+    pub max: i64,
+}
+
+/// A field of a challenge that an update can change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    Scenario,
+    Timeout,
+    Until,
+    Additional,
+    Min,
+    Max,
+}
+
+impl Field {
+    /// Parses an update mask path, in snake_case or lowerCamelCase.
+    pub fn parse(path: &str) -> Option<Self> {
+        match path {
+            "scenario" => Some(Self::Scenario),
+            "timeout" => Some(Self::Timeout),
+            "until" => Some(Self::Until),
+            "additional" => Some(Self::Additional),
+            "min" => Some(Self::Min),
+            "max" => Some(Self::Max),
+            _ => None,
+        }
+    }
+}
+
+/// How running instances follow a scenario change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UpdateStrategy {
+    #[default]
+    UpdateInPlace,
+    BlueGreen,
+    Recreate,
+}
+
+/// Request to change the masked fields of a challenge. A masked field left
+/// unset is reset to its default.
+#[derive(Clone, Debug, Default)]
+pub struct ChallengeUpdate {
+    pub id: String,
+    pub mask: Vec<Field>,
+    pub strategy: UpdateStrategy,
+    pub scenario: Option<String>,
+    pub timeout: Option<Duration>,
+    pub until: Option<DateTime<Utc>>,
+    pub additional: BTreeMap<String, String>,
+    pub min: i64,
+    pub max: i64,
+}
+
+fn check_id(id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(Error::invalid("id", "must not be empty"));
+    }
+    Ok(())
+}
+
+fn check_pool_bounds(min: i64, max: i64) -> Result<()> {
+    if min < 0 {
+        return Err(Error::invalid("min", "must be a positive integer"));
+    }
+    if max < 0 {
+        return Err(Error::invalid("max", "must be a positive integer"));
+    }
+    if max > 0 && min > max {
+        return Err(Error::invalid("min", "must not exceed max when max is set"));
+    }
+    Ok(())
+}
+
+impl Manager {
+    /// Registers a challenge after checking that its scenario can be
+    /// fetched and is a scenario this server can run.
+    #[tracing::instrument(skip_all, fields(challenge_id = %new.id, scenario = %new.scenario))]
+    pub async fn create_challenge(&self, new: NewChallenge) -> Result<ChallengeInfo> {
+        check_id(&new.id)?;
+        if new.scenario.is_empty() {
+            return Err(Error::invalid("scenario", "must not be empty"));
+        }
+        check_pool_bounds(new.min, new.max)?;
+
+        let _lock = self.locks.challenge(&new.id, Mode::Write).await?;
+        if self.store.load_challenge(&new.id).await?.is_some() {
+            return Err(Error::ChallengeExists { id: new.id });
+        }
+        let digest = self.check_scenario(&new.scenario).await?;
+
+        // Checks done: store the challenge.
+        let challenge = Challenge {
+            id: new.id,
+            scenario: new.scenario,
+            digest,
+            timeout: new.timeout,
+            until: new.until,
+            additional: new.additional,
+            min: new.min,
+            max: new.max,
+        };
+        if !self.store.create_challenge(&challenge).await? {
+            return Err(Error::ChallengeExists { id: challenge.id });
+        }
+        info!(digest = %challenge.digest, "challenge created");
+        Ok(ChallengeInfo { challenge, instances: Vec::new() })
+    }
+
+    /// Resolves a scenario reference, fetches it and checks that a runner
+    /// accepts it. Returns the digest to pin.
+    async fn check_scenario(&self, reference: &str) -> Result<String> {
+        let scenario_error = |source| Error::Scenario { reference: reference.to_owned(), source };
+        let digest = self.scenarios.resolve(reference).await.map_err(scenario_error)?;
+        let dir = self.scenarios.fetch(reference, &digest).await.map_err(scenario_error)?;
+        crate::runner::load(&dir)
+            .map_err(|source| Error::InvalidScenario { reference: reference.to_owned(), source })?;
+        Ok(digest)
+    }
+
+    /// Returns a challenge with its instances.
+    #[tracing::instrument(skip_all, fields(challenge_id = %id))]
+    pub async fn get_challenge(&self, id: &str) -> Result<ChallengeInfo> {
+        let _lock = self.locks.challenge(id, Mode::Read).await?;
+        self.load_challenge_info(id).await
+    }
+
+    async fn load_challenge_info(&self, id: &str) -> Result<ChallengeInfo> {
+        let challenge = self.load_challenge(id).await?;
+        let instances = self.store.list_instances(id).await?;
+        Ok(ChallengeInfo { challenge, instances })
+    }
+
+    pub(crate) async fn load_challenge(&self, id: &str) -> Result<Challenge> {
+        self.store.load_challenge(id).await?.ok_or_else(|| Error::ChallengeNotFound { id: id.to_owned() })
+    }
+
+    /// Streams every challenge with its instances, one challenge at a time,
+    /// so memory stays flat however many are stored.
+    pub fn list_challenges(&self) -> ReceiverStream<Result<ChallengeInfo>> {
+        let (sender, receiver) = mpsc::channel(8);
+        let manager = self.clone();
+        tokio::spawn(async move {
+            let ids = match manager.challenge_ids().await {
+                Ok(ids) => ids,
+                Err(err) => {
+                    let _ = sender.send(Err(err)).await;
+                    return;
+                }
+            };
+            for id in ids {
+                let info = match manager.get_challenge(&id).await {
+                    // Deleted since the listing started.
+                    Err(Error::ChallengeNotFound { .. }) => continue,
+                    other => other,
+                };
+                if sender.send(info).await.is_err() {
+                    return; // The client went away.
+                }
+            }
+        });
+        ReceiverStream::new(receiver)
+    }
+
+    /// Lists the ids of every stored challenge.
+    pub(crate) async fn challenge_ids(&self) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for file in self.store.challenge_records().await? {
+            if let Some(challenge) = self.store.load_challenge_at(file).await? {
+                ids.push(challenge.id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Changes the masked fields of a challenge.
+    ///
+    /// TODO: running instances do not follow the change yet (new expiry,
+    /// scenario or additional values apply to new instances only).
+    #[tracing::instrument(skip_all, fields(challenge_id = %update.id))]
+    pub async fn update_challenge(&self, update: ChallengeUpdate) -> Result<ChallengeInfo> {
+        check_id(&update.id)?;
+        let masked = |field| update.mask.contains(&field);
+        if masked(Field::Scenario) && update.scenario.as_deref().unwrap_or_default().is_empty() {
+            return Err(Error::invalid("scenario", "must not be empty"));
+        }
+
+        let _lock = self.locks.challenge(&update.id, Mode::Write).await?;
+        let mut challenge = self.load_challenge(&update.id).await?;
+        let min = if masked(Field::Min) { update.min } else { challenge.min };
+        let max = if masked(Field::Max) { update.max } else { challenge.max };
+        check_pool_bounds(min, max)?;
+        let new_scenario = match update.scenario.as_deref().filter(|_| masked(Field::Scenario)) {
+            Some(reference) if reference != challenge.scenario => {
+                Some((reference.to_owned(), self.check_scenario(reference).await?))
+            }
+            _ => None,
+        };
+
+        // Checks done: apply the masked fields.
+        if let Some((reference, digest)) = new_scenario {
+            challenge.scenario = reference;
+            challenge.digest = digest;
+        }
+        if masked(Field::Timeout) {
+            challenge.timeout = update.timeout;
+        }
+        if masked(Field::Until) {
+            challenge.until = update.until;
+        }
+        if masked(Field::Additional) {
+            challenge.additional = update.additional;
+        }
+        challenge.min = min;
+        challenge.max = max;
+        self.store.save_challenge(&challenge).await?;
+        info!(fields = ?update.mask, "challenge updated");
+
+        let instances = self.store.list_instances(&challenge.id).await?;
+        Ok(ChallengeInfo { challenge, instances })
+    }
+
+    /// Destroys every instance of a challenge in parallel, then forgets the
+    /// challenge. When a destroy fails, the challenge and the instances that
+    /// could not be destroyed are kept, so nothing is left running unseen.
+    #[tracing::instrument(skip_all, fields(challenge_id = %id))]
+    pub async fn delete_challenge(&self, id: &str) -> Result<()> {
+        let _lock = self.locks.challenge(id, Mode::Write).await?;
+        let challenge = self.load_challenge(id).await?;
+        let instances = self.store.list_instances(id).await?;
+
+        let destroys = instances.iter().map(|instance| self.destroy_instance(&challenge, instance));
+        let failures: Vec<(String, Error)> = join_all(destroys)
+            .await
+            .into_iter()
+            .zip(&instances)
+            .filter_map(|(result, instance)| result.err().map(|err| (instance.source_id.clone(), err)))
+            .collect();
+        if let Some((_, first)) = failures.first() {
+            warn!(failed = failures.len(), "challenge kept: some instances could not be destroyed");
+            return Err(Error::InstancesLeft {
+                id: id.to_owned(),
+                first: first.to_string(),
+                sources: failures.iter().map(|(source, _)| source.clone()).collect(),
+            });
+        }
+
+        self.store.delete_challenge(id).await?;
+        info!(instances = instances.len(), "challenge deleted");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        crate::time::parse_timestamp(text).unwrap()
+    }
+
+    fn challenge(timeout: Option<u64>, until: Option<&str>) -> Challenge {
+        Challenge {
+            id: "1".into(),
+            scenario: "registry/scenario:v1".into(),
+            digest: "sha256:00".into(),
+            timeout: timeout.map(Duration::from_secs),
+            until: until.map(at),
+            additional: BTreeMap::new(),
+            min: 0,
+            max: 0,
+        }
+    }
+
+    #[test]
+    fn instance_until_follows_timeout_and_challenge_end() {
+        let now = at("2026-01-01T00:00:00Z");
+        assert_eq!(challenge(None, None).instance_until(now), None);
+        assert_eq!(challenge(Some(60), None).instance_until(now), Some(at("2026-01-01T00:01:00Z")));
+        assert_eq!(challenge(None, Some("2026-02-01T00:00:00Z")).instance_until(now), Some(at("2026-02-01T00:00:00Z")));
+        assert_eq!(
+            challenge(Some(60), Some("2026-01-01T00:00:30Z")).instance_until(now),
+            Some(at("2026-01-01T00:00:30Z")),
+            "the challenge end caps the timeout"
+        );
+    }
+
+    #[test]
+    fn expired_only_strictly_after_until() {
+        let end = "2026-01-01T00:00:00Z";
+        assert!(!challenge(None, Some(end)).is_expired(at(end)));
+        assert!(challenge(None, Some(end)).is_expired(at("2026-01-01T00:00:01Z")));
+        assert!(!challenge(None, None).is_expired(at(end)));
+    }
+
+    #[test]
+    fn pool_bounds_are_checked() {
+        assert!(check_pool_bounds(0, 0).is_ok());
+        assert!(check_pool_bounds(2, 0).is_ok());
+        assert!(check_pool_bounds(1, 2).is_ok());
+        assert!(check_pool_bounds(-1, 0).is_err());
+        assert!(check_pool_bounds(0, -1).is_err());
+        assert!(check_pool_bounds(3, 2).is_err());
+    }
+}

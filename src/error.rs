@@ -1,0 +1,93 @@
+//! Errors of the operations on challenges and instances.
+//!
+//! Each variant is one outcome a client can act on. The API layer maps them
+//! to gRPC statuses and REST bodies in one place (`api::status`); the
+//! variants only carry the facts (ids, fields, causes).
+
+use crate::{lock, runner, scenario, store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+
+    #[error("challenge {id:?} already exists")]
+    ChallengeExists { id: String },
+
+    #[error("challenge {id:?} not found")]
+    ChallengeNotFound { id: String },
+
+    #[error("challenge {id:?} has expired")]
+    ChallengeExpired { id: String },
+
+    #[error("challenge {id:?} has no timeout, so its instances cannot be renewed")]
+    NoRenewal { id: String },
+
+    #[error("instance of source {source_id:?} for challenge {challenge_id:?} already exists")]
+    InstanceExists { challenge_id: String, source_id: String },
+
+    #[error("instance of source {source_id:?} for challenge {challenge_id:?} not found")]
+    InstanceNotFound { challenge_id: String, source_id: String },
+
+    #[error("instance of source {source_id:?} for challenge {challenge_id:?} has expired")]
+    InstanceExpired { challenge_id: String, source_id: String },
+
+    /// The scenario cannot be fetched, or is not a valid scenario.
+    #[error("scenario {reference:?}: {source}")]
+    Scenario {
+        reference: String,
+        #[source]
+        source: scenario::Error,
+    },
+
+    /// The scenario is fetched but its runner rejects it (unknown layout,
+    /// unsupported runtime, malformed `scenario.yaml`).
+    #[error("scenario {reference:?} is not usable: {source}")]
+    InvalidScenario {
+        reference: String,
+        #[source]
+        source: runner::Error,
+    },
+
+    /// Running the scenario failed; the message carries the command's last
+    /// stderr lines for the ChallMaker.
+    #[error("{action} of instance of source {source_id:?} for challenge {challenge_id:?} failed: {source}")]
+    Deploy {
+        action: &'static str,
+        challenge_id: String,
+        source_id: String,
+        #[source]
+        source: runner::Error,
+    },
+
+    /// Destroying some instances failed while deleting a challenge.
+    #[error("challenge {id:?} kept because {} instance(s) could not be destroyed (sources {}): {first}", sources.len(), sources.join(", "))]
+    InstancesLeft { id: String, sources: Vec<String>, first: String },
+
+    #[error(transparent)]
+    Store(#[from] store::Error),
+
+    #[error(transparent)]
+    Lock(#[from] lock::Error),
+
+    #[error("background task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument { field, reason: reason.into() }
+    }
+
+    /// Whether the failure is the server's own (storage, locks), so the
+    /// client gets a fixed message and the details are only logged.
+    pub fn is_internal(&self) -> bool {
+        match self {
+            Self::Store(_) | Self::Lock(_) | Self::Task(_) => true,
+            Self::Scenario { source, .. } => source.kind() == scenario::ErrorKind::Internal,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Instances: one deployed copy of a challenge per source.
+//!
+//! A source (a user or a team) has at most one instance per challenge. The
+//! scenario never sees the source id: it gets a random identity, so nothing
+//! it deploys can leak which team an instance belongs to.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{info, warn};
+
+use crate::{
+    challenge::Challenge,
+    error::{Error, Result},
+    lock::Mode,
+    manager::Manager,
+    runner::{self, Deployment, Outputs, Runner},
+    time::{serde_timestamp, serde_timestamp_opt},
+};
+
+/// A deployed instance, as stored in its record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub challenge_id: String,
+    pub source_id: String,
+    /// Random id given to the scenario instead of the source id.
+    pub identity: String,
+    #[serde(with = "serde_timestamp")]
+    pub since: DateTime<Utc>,
+    #[serde(with = "serde_timestamp")]
+    pub last_renew: DateTime<Utc>,
+    #[serde(default, with = "serde_timestamp_opt", skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+    pub connection_info: String,
+    #[serde(default)]
+    pub flags: Vec<String>,
+    /// Values given for this instance only, overriding the challenge's.
+    #[serde(default)]
+    pub additional: BTreeMap<String, String>,
+}
+
+impl Instance {
+    /// Whether the instance is past its end at `now`.
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.until.is_some_and(|until| now > until)
+    }
+}
+
+/// Generates a new identity: 16 lowercase hex digits from 64 random bits.
+pub fn new_identity() -> String {
+    let mut bytes = [0u8; 8];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// Overlays the instance's additional values on the challenge's: the
+/// instance wins per key.
+pub fn merge_additional(challenge: &BTreeMap<String, String>, instance: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut merged = challenge.clone();
+    merged.extend(instance.iter().map(|(key, value)| (key.clone(), value.clone())));
+    merged
+}
+
+fn check_ids(challenge_id: &str, source_id: &str) -> Result<()> {
+    if challenge_id.is_empty() {
+        return Err(Error::invalid("challenge_id", "must not be empty"));
+    }
+    if source_id.is_empty() {
+        return Err(Error::invalid("source_id", "must not be empty"));
+    }
+    Ok(())
+}
+
+impl Manager {
+    /// Deploys an instance of a challenge for a source.
+    ///
+    /// The work runs in its own task: a client that disconnects half way
+    /// does not interrupt a deployment, which would leave resources that no
+    /// record points to.
+    pub async fn create_instance(
+        &self,
+        challenge_id: &str,
+        source_id: &str,
+        additional: BTreeMap<String, String>,
+    ) -> Result<Instance> {
+        check_ids(challenge_id, source_id)?;
+        let manager = self.clone();
+        let (challenge_id, source_id) = (challenge_id.to_owned(), source_id.to_owned());
+        tokio::spawn(async move { manager.deploy_new_instance(challenge_id, source_id, additional).await }).await?
+    }
+
+    #[tracing::instrument(skip_all, fields(challenge_id = %challenge_id, source_id = %source_id, identity))]
+    async fn deploy_new_instance(
+        &self,
+        challenge_id: String,
+        source_id: String,
+        additional: BTreeMap<String, String>,
+    ) -> Result<Instance> {
+        let _lock = self.locks.instance(&challenge_id, &source_id, Mode::Write).await?;
+        let challenge = self.load_challenge(&challenge_id).await?;
+        let now = Utc::now();
+        if challenge.is_expired(now) {
+            return Err(Error::ChallengeExpired { id: challenge_id });
+        }
+        if self.store.load_instance(&challenge_id, &source_id).await?.is_some() {
+            return Err(Error::InstanceExists { challenge_id, source_id });
+        }
+        let (runner, scenario_dir) = self.load_runner(&challenge).await?;
+
+        // Checks done: deploy, then record the instance.
+        let identity = new_identity();
+        tracing::Span::current().record("identity", identity.as_str());
+        let state_dir = self.store.create_state_dir(&challenge_id, &identity).await?;
+        let merged = merge_additional(&challenge.additional, &additional);
+        let deployment = Deployment { scenario_dir: &scenario_dir, identity: &identity, additional: &merged, state_dir: &state_dir };
+        let deploy_error = |source| Error::Deploy {
+            action: "deployment",
+            challenge_id: challenge_id.clone(),
+            source_id: source_id.clone(),
+            source,
+        };
+        let outputs: Outputs = match runner.up(&deployment).await {
+            Ok(outputs) => outputs,
+            Err(err) => {
+                self.clean_failed_deployment(runner.as_ref(), &deployment, &challenge_id).await;
+                return Err(deploy_error(err));
+            }
+        };
+
+        let instance = Instance {
+            challenge_id: challenge_id.clone(),
+            source_id: source_id.clone(),
+            identity: identity.clone(),
+            since: now,
+            last_renew: now,
+            until: challenge.instance_until(now),
+            connection_info: outputs.connection_info,
+            flags: outputs.flags,
+            additional,
+        };
+        if let Err(err) = self.store.save_instance(&instance).await {
+            self.clean_failed_deployment(runner.as_ref(), &deployment, &challenge_id).await;
+            return Err(err.into());
+        }
+        info!("instance created");
+        Ok(instance)
+    }
+
+    /// Runs `down` after a failed `up` and removes the state directory, so
+    /// that a failed create leaves nothing behind. Failures here are logged:
+    /// the caller reports the original error.
+    async fn clean_failed_deployment(&self, runner: &dyn Runner, deployment: &Deployment<'_>, challenge_id: &str) {
+        if let Err(err) = runner.down(deployment).await {
+            warn!(error = %err, "cleanup after a failed deployment failed");
+        }
+        if let Err(err) = self.store.delete_state_dir(challenge_id, deployment.identity).await {
+            warn!(error = %err, "failed to remove the state directory of a failed deployment");
+        }
+    }
+
+    /// Fetches the pinned scenario of a challenge and picks its runner.
+    async fn load_runner(&self, challenge: &Challenge) -> Result<(Box<dyn Runner>, std::path::PathBuf)> {
+        let reference = &challenge.scenario;
+        let dir = self
+            .scenarios
+            .fetch(reference, &challenge.digest)
+            .await
+            .map_err(|source| Error::Scenario { reference: reference.clone(), source })?;
+        let runner = runner::load(&dir).map_err(|source| Error::InvalidScenario { reference: reference.clone(), source })?;
+        Ok((runner, dir))
+    }
+
+    /// Returns the instance of a source.
+    #[tracing::instrument(skip_all, fields(challenge_id = %challenge_id, source_id = %source_id))]
+    pub async fn get_instance(&self, challenge_id: &str, source_id: &str) -> Result<Instance> {
+        let _lock = self.locks.instance(challenge_id, source_id, Mode::Read).await?;
+        self.load_instance(challenge_id, source_id).await
+    }
+
+    async fn load_instance(&self, challenge_id: &str, source_id: &str) -> Result<Instance> {
+        self.store.load_instance(challenge_id, source_id).await?.ok_or_else(|| Error::InstanceNotFound {
+            challenge_id: challenge_id.to_owned(),
+            source_id: source_id.to_owned(),
+        })
+    }
+
+    /// Streams the instances of a source, at most one per challenge.
+    pub fn list_instances(&self, source_id: &str) -> ReceiverStream<Result<Instance>> {
+        let (sender, receiver) = mpsc::channel(8);
+        let manager = self.clone();
+        let source_id = source_id.to_owned();
+        tokio::spawn(async move {
+            let ids = match manager.challenge_ids().await {
+                Ok(ids) => ids,
+                Err(err) => {
+                    let _ = sender.send(Err(err)).await;
+                    return;
+                }
+            };
+            for challenge_id in ids {
+                let instance = match manager.get_instance(&challenge_id, &source_id).await {
+                    Err(Error::InstanceNotFound { .. }) => continue,
+                    other => other,
+                };
+                if sender.send(instance).await.is_err() {
+                    return;
+                }
+            }
+        });
+        ReceiverStream::new(receiver)
+    }
+
+    /// Extends an instance's lifetime: it now ends one challenge timeout
+    /// from now, capped by the challenge's end.
+    #[tracing::instrument(skip_all, fields(challenge_id = %challenge_id, source_id = %source_id))]
+    pub async fn renew_instance(&self, challenge_id: &str, source_id: &str) -> Result<Instance> {
+        check_ids(challenge_id, source_id)?;
+        let _lock = self.locks.instance(challenge_id, source_id, Mode::Write).await?;
+        let challenge = self.load_challenge(challenge_id).await?;
+        let mut instance = self.load_instance(challenge_id, source_id).await?;
+        let now = Utc::now();
+        if challenge.timeout.is_none() {
+            return Err(Error::NoRenewal { id: challenge.id });
+        }
+        if instance.is_expired(now) {
+            return Err(Error::InstanceExpired { challenge_id: challenge.id, source_id: instance.source_id });
+        }
+
+        instance.last_renew = now;
+        instance.until = challenge.instance_until(now);
+        self.store.save_instance(&instance).await?;
+        info!(until = ?instance.until, "instance renewed");
+        Ok(instance)
+    }
+
+    /// Destroys the instance of a source and forgets it.
+    pub async fn delete_instance(&self, challenge_id: &str, source_id: &str) -> Result<()> {
+        check_ids(challenge_id, source_id)?;
+        let manager = self.clone();
+        let (challenge_id, source_id) = (challenge_id.to_owned(), source_id.to_owned());
+        // Like a deployment, a destroy is not interrupted by the client.
+        tokio::spawn(async move { manager.delete_instance_now(&challenge_id, &source_id).await }).await?
+    }
+
+    #[tracing::instrument(skip_all, fields(challenge_id = %challenge_id, source_id = %source_id))]
+    async fn delete_instance_now(&self, challenge_id: &str, source_id: &str) -> Result<()> {
+        let _lock = self.locks.instance(challenge_id, source_id, Mode::Write).await?;
+        let challenge = self.load_challenge(challenge_id).await?;
+        let instance = self.load_instance(challenge_id, source_id).await?;
+        self.destroy_instance(&challenge, &instance).await?;
+        info!(identity = %instance.identity, "instance deleted");
+        Ok(())
+    }
+
+    /// Runs `down` for an instance, then removes its record and state. The
+    /// caller holds a lock that covers the instance.
+    pub(crate) async fn destroy_instance(&self, challenge: &Challenge, instance: &Instance) -> Result<()> {
+        let (runner, scenario_dir) = self.load_runner(challenge).await?;
+        let state_dir = self.store.state_dir(&challenge.id, &instance.identity);
+        let merged = merge_additional(&challenge.additional, &instance.additional);
+        let deployment = Deployment {
+            scenario_dir: &scenario_dir,
+            identity: &instance.identity,
+            additional: &merged,
+            state_dir: &state_dir,
+        };
+        runner.down(&deployment).await.map_err(|source| Error::Deploy {
+            action: "destruction",
+            challenge_id: challenge.id.clone(),
+            source_id: instance.source_id.clone(),
+            source,
+        })?;
+        self.store.delete_instance(instance).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_sixteen_lowercase_hex_digits() {
+        let identity = new_identity();
+        assert_eq!(identity.len(), 16);
+        assert!(identity.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert_ne!(identity, new_identity());
+    }
+
+    #[test]
+    fn instance_additional_wins_per_key() {
+        let challenge = BTreeMap::from([("a".to_owned(), "1".to_owned()), ("b".to_owned(), "2".to_owned())]);
+        let instance = BTreeMap::from([("b".to_owned(), "3".to_owned())]);
+        let merged = merge_additional(&challenge, &instance);
+        assert_eq!(merged.get("a").map(String::as_str), Some("1"));
+        assert_eq!(merged.get("b").map(String::as_str), Some("3"));
+    }
+}

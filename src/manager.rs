@@ -1,0 +1,60 @@
+//! The state shared by every operation: storage, locks and scenarios.
+//!
+//! `serve` builds one [`Manager`] and hands it to the API; the operator
+//! commands build one over the same data directory when they run without a
+//! server, so both run the same code under the same locks.
+
+use std::{path::PathBuf, sync::Arc};
+
+use crate::{
+    lock::{Locks, local::LocalLocks},
+    scenario::{OciSettings, Scenarios},
+    store::{self, Store},
+};
+
+/// Where the manager keeps its data and how it reaches registries.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Data directory: challenges, instances, packed scenarios, lock files.
+    pub data_dir: PathBuf,
+    /// Extracted scenarios, keyed by digest; safe to delete at any time.
+    pub cache_dir: PathBuf,
+    pub oci: OciSettings,
+}
+
+/// Failure to open the data directory.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+
+    #[error("failed to create the lock directory {path}")]
+    Locks {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Cheap to clone: every field is shared.
+#[derive(Clone)]
+pub struct Manager {
+    pub(crate) store: Store,
+    pub(crate) locks: Locks,
+    pub(crate) scenarios: Arc<Scenarios>,
+}
+
+impl Manager {
+    /// Opens the data directory, creating it when missing.
+    pub fn open(settings: Settings) -> Result<Self, OpenError> {
+        let store = Store::open(&settings.data_dir)?;
+        let lock_dir = settings.data_dir.join("locks");
+        let locks = LocalLocks::with_files(&lock_dir).map_err(|source| OpenError::Locks { path: lock_dir, source })?;
+        let scenarios = Scenarios::new(&settings.data_dir, settings.cache_dir, settings.oci);
+        Ok(Self { store, locks: Locks::new(Arc::new(locks)), scenarios: Arc::new(scenarios) })
+    }
+
+    pub fn scenarios(&self) -> &Scenarios {
+        &self.scenarios
+    }
+}
