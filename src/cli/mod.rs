@@ -1,1 +1,73 @@
-//! The command line. PLACEHOLDER: replaced later.
+//! The command line: `serve` runs the API, the other commands operate on
+//! challenges and instances, either through a server (`--url`) or directly
+//! on the local data directory.
+//!
+//! Each command group lives in its own module with an `Args` struct and an
+//! async `run`. [`backend::Backend`] hides which of the two ways a command
+//! runs, so each command is written once.
+
+mod backend;
+mod challenge;
+mod error;
+mod instance;
+mod json;
+mod logging;
+mod options;
+mod output;
+mod parse;
+mod remote;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+pub use error::{Error, format_error};
+
+/// Deploys one instance of a CTF challenge per team, on demand
+#[derive(Parser, Debug)]
+#[command(name = "chall-manager", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    #[command(flatten)]
+    pub log: logging::LogArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gRPC and REST API on one port
+    Serve(serve::Args),
+    /// Push scenarios; create, show, list and delete challenges
+    Challenge(challenge::Args),
+    /// Deploy, show, list and destroy instances
+    Instance(instance::Args),
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<(), Error> {
+    // A server reports its life; an operator command only its problems,
+    // since its result goes to stdout.
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        Command::Challenge(_) | Command::Instance(_) => "warn",
+    };
+    logging::init(&cli.log, default_level)?;
+
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Challenge(args) => challenge::run(args).await,
+        Command::Instance(args) => instance::run(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn command_line_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,92 @@
+//! The two ways an operator command runs: against a server over gRPC, or
+//! directly on the local data directory. Commands call [`Backend`] and
+//! never care which one they got.
+
+use std::collections::BTreeMap;
+
+use futures::TryStreamExt;
+
+use super::{error::Error, options::ClientArgs, remote::Remote};
+use crate::{
+    challenge::{ChallengeInfo, NewChallenge},
+    instance::Instance,
+    manager::Manager,
+};
+
+pub enum Backend {
+    /// The local data directory, under the same locks as a server.
+    Local(Manager),
+    /// A running server.
+    Remote(Box<Remote>),
+}
+
+impl Backend {
+    /// Connects to `--url` when given, else opens the data directory.
+    pub async fn open(args: &ClientArgs) -> Result<Self, Error> {
+        match &args.url {
+            Some(url) => Ok(Self::Remote(Box::new(Remote::connect(url).await?))),
+            None => Ok(Self::Local(args.data.open_manager()?)),
+        }
+    }
+
+    pub async fn create_challenge(&self, new: NewChallenge) -> Result<ChallengeInfo, Error> {
+        match self {
+            Self::Local(manager) => Ok(manager.create_challenge(new).await?),
+            Self::Remote(remote) => remote.create_challenge(new).await,
+        }
+    }
+
+    pub async fn get_challenge(&self, id: &str) -> Result<ChallengeInfo, Error> {
+        match self {
+            Self::Local(manager) => Ok(manager.get_challenge(id).await?),
+            Self::Remote(remote) => remote.get_challenge(id).await,
+        }
+    }
+
+    pub async fn list_challenges(&self) -> Result<Vec<ChallengeInfo>, Error> {
+        match self {
+            Self::Local(manager) => Ok(manager.list_challenges().try_collect().await?),
+            Self::Remote(remote) => remote.list_challenges().await,
+        }
+    }
+
+    pub async fn delete_challenge(&self, id: &str) -> Result<(), Error> {
+        match self {
+            Self::Local(manager) => Ok(manager.delete_challenge(id).await?),
+            Self::Remote(remote) => remote.delete_challenge(id).await,
+        }
+    }
+
+    pub async fn create_instance(
+        &self,
+        challenge_id: &str,
+        source_id: &str,
+        additional: BTreeMap<String, String>,
+    ) -> Result<Instance, Error> {
+        match self {
+            Self::Local(manager) => Ok(manager.create_instance(challenge_id, source_id, additional).await?),
+            Self::Remote(remote) => remote.create_instance(challenge_id, source_id, additional).await,
+        }
+    }
+
+    pub async fn get_instance(&self, challenge_id: &str, source_id: &str) -> Result<Instance, Error> {
+        match self {
+            Self::Local(manager) => Ok(manager.get_instance(challenge_id, source_id).await?),
+            Self::Remote(remote) => remote.get_instance(challenge_id, source_id).await,
+        }
+    }
+
+    pub async fn list_instances(&self, source_id: &str) -> Result<Vec<Instance>, Error> {
+        match self {
+            Self::Local(manager) => Ok(manager.list_instances(source_id).try_collect().await?),
+            Self::Remote(remote) => remote.list_instances(source_id).await,
+        }
+    }
+
+    pub async fn delete_instance(&self, challenge_id: &str, source_id: &str) -> Result<(), Error> {
+        match self {
+            Self::Local(manager) => Ok(manager.delete_instance(challenge_id, source_id).await?),
+            Self::Remote(remote) => remote.delete_instance(challenge_id, source_id).await,
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Calling a chall-manager server over gRPC, and turning its messages into
+//! the domain types the commands print.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use chrono::{DateTime, Utc};
+use tonic::{Code, Status, transport::Channel};
+
+use super::error::Error;
+use crate::{
+    challenge::{Challenge, ChallengeInfo, NewChallenge},
+    instance::Instance,
+    proto::{
+        challenge::{self as pb_challenge, challenge_store_client::ChallengeStoreClient},
+        instance::{self as pb_instance, instance_manager_client::InstanceManagerClient},
+    },
+};
+
+/// A connection to one server.
+pub struct Remote {
+    url: String,
+    challenges: ChallengeStoreClient<Channel>,
+    instances: InstanceManagerClient<Channel>,
+}
+
+impl Remote {
+    /// Connects to a server. A URL without a scheme gets `http://`, because
+    /// servers speak plain HTTP/2 unless a proxy in front adds TLS.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        let url = if url.contains("://") { url.to_owned() } else { format!("http://{url}") };
+        let endpoint = Channel::from_shared(url.clone())
+            .map_err(|err| Error::InvalidUrl { url: url.clone(), reason: err.to_string() })?;
+
+        let channel =
+            endpoint.connect().await.map_err(|err| Error::Connect { url: url.clone(), reason: describe(&err) })?;
+        Ok(Self {
+            url,
+            challenges: ChallengeStoreClient::new(channel.clone()),
+            instances: InstanceManagerClient::new(channel),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub async fn create_challenge(&self, new: NewChallenge) -> Result<ChallengeInfo, Error> {
+        let request = pb_challenge::CreateChallengeRequest {
+            id: new.id,
+            scenario: new.scenario,
+            timeout: new.timeout.map(duration_to_proto),
+            until: new.until.map(timestamp_to_proto),
+            additional: new.additional.into_iter().collect(),
+            min: new.min,
+            max: new.max,
+        };
+        let response = self.challenges.clone().create_challenge(request).await.map_err(|status| self.status(status))?;
+        self.challenge_from_proto(response.into_inner())
+    }
+
+    pub async fn get_challenge(&self, id: &str) -> Result<ChallengeInfo, Error> {
+        let request = pb_challenge::RetrieveChallengeRequest { id: id.to_owned() };
+        let response =
+            self.challenges.clone().retrieve_challenge(request).await.map_err(|status| self.status(status))?;
+        self.challenge_from_proto(response.into_inner())
+    }
+
+    pub async fn list_challenges(&self) -> Result<Vec<ChallengeInfo>, Error> {
+        let mut stream =
+            self.challenges.clone().query_challenge(()).await.map_err(|status| self.status(status))?.into_inner();
+        let mut challenges = Vec::new();
+        while let Some(message) = stream.message().await.map_err(|status| self.status(status))? {
+            challenges.push(self.challenge_from_proto(message)?);
+        }
+        Ok(challenges)
+    }
+
+    pub async fn delete_challenge(&self, id: &str) -> Result<(), Error> {
+        let request = pb_challenge::DeleteChallengeRequest { id: id.to_owned() };
+        self.challenges.clone().delete_challenge(request).await.map_err(|status| self.status(status))?;
+        Ok(())
+    }
+
+    pub async fn create_instance(
+        &self,
+        challenge_id: &str,
+        source_id: &str,
+        additional: BTreeMap<String, String>,
+    ) -> Result<Instance, Error> {
+        let request = pb_instance::CreateInstanceRequest {
+            challenge_id: challenge_id.to_owned(),
+            source_id: source_id.to_owned(),
+            additional: additional.into_iter().collect(),
+        };
+        let response = self.instances.clone().create_instance(request).await.map_err(|status| self.status(status))?;
+        self.instance_from_proto(response.into_inner())
+    }
+
+    pub async fn get_instance(&self, challenge_id: &str, source_id: &str) -> Result<Instance, Error> {
+        let request = pb_instance::RetrieveInstanceRequest {
+            challenge_id: challenge_id.to_owned(),
+            source_id: source_id.to_owned(),
+        };
+        let response = self.instances.clone().retrieve_instance(request).await.map_err(|status| self.status(status))?;
+        self.instance_from_proto(response.into_inner())
+    }
+
+    pub async fn list_instances(&self, source_id: &str) -> Result<Vec<Instance>, Error> {
+        let request = pb_instance::QueryInstanceRequest { source_id: source_id.to_owned() };
+        let mut stream =
+            self.instances.clone().query_instance(request).await.map_err(|status| self.status(status))?.into_inner();
+        let mut instances = Vec::new();
+        while let Some(message) = stream.message().await.map_err(|status| self.status(status))? {
+            instances.push(self.instance_from_proto(message)?);
+        }
+        Ok(instances)
+    }
+
+    pub async fn delete_instance(&self, challenge_id: &str, source_id: &str) -> Result<(), Error> {
+        let request = pb_instance::DeleteInstanceRequest {
+            challenge_id: challenge_id.to_owned(),
+            source_id: source_id.to_owned(),
+        };
+        self.instances.clone().delete_instance(request).await.map_err(|status| self.status(status))?;
+        Ok(())
+    }
+
+    /// Maps a status to an error. `Unavailable` raised by the transport
+    /// itself (the server went away after the connection was made) gets
+    /// the same hint as a failed connection. A plain HTTP response means the
+    /// URL points at something other than chall-manager.
+    fn status(&self, status: Status) -> Error {
+        if status.code() == Code::Unavailable && std::error::Error::source(&status).is_some() {
+            return Error::Connect { url: self.url.clone(), reason: describe(&status) };
+        }
+        // NOTE: tonic 0.14 writes this message for a plain HTTP response
+        // without gRPC trailers. It offers no structured way to detect one.
+        if status.message().starts_with("grpc-status header missing") {
+            return Error::NotChallManager { url: self.url.clone(), reason: status.message().to_owned() };
+        }
+        Error::from(status)
+    }
+
+    fn invalid_response(&self, reason: impl Into<String>) -> Error {
+        Error::InvalidResponse { url: self.url.clone(), reason: reason.into() }
+    }
+
+    /// Converts a challenge message. The API does not carry the scenario's
+    /// digest, so it stays empty.
+    fn challenge_from_proto(&self, message: pb_challenge::Challenge) -> Result<ChallengeInfo, Error> {
+        let timeout =
+            message.timeout.map(duration_from_proto).transpose().map_err(|reason| self.invalid_response(reason))?;
+        let until =
+            message.until.map(timestamp_from_proto).transpose().map_err(|reason| self.invalid_response(reason))?;
+        let instances = message
+            .instances
+            .into_iter()
+            .map(|instance| self.instance_from_proto(instance))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let challenge = Challenge {
+            id: message.id,
+            scenario: message.scenario,
+            digest: String::new(),
+            timeout,
+            until,
+            additional: message.additional.into_iter().collect(),
+            min: message.min,
+            max: message.max,
+        };
+        Ok(ChallengeInfo { challenge, instances })
+    }
+
+    /// Converts an instance message. The API never reveals the identity
+    /// given to the scenario, so it stays empty.
+    fn instance_from_proto(&self, message: pb_instance::Instance) -> Result<Instance, Error> {
+        let timestamp = |field: &str, value: Option<prost_types::Timestamp>| {
+            let value = value.ok_or_else(|| self.invalid_response(format!("instance without {field}")))?;
+            timestamp_from_proto(value).map_err(|reason| self.invalid_response(reason))
+        };
+        let since = timestamp("since", message.since)?;
+        let last_renew = timestamp("last_renew", message.last_renew)?;
+        let until =
+            message.until.map(timestamp_from_proto).transpose().map_err(|reason| self.invalid_response(reason))?;
+
+        // Older servers may fill only the deprecated single `flag`.
+        #[allow(deprecated)]
+        let flags = match (message.flags.is_empty(), message.flag) {
+            (true, Some(flag)) => vec![flag],
+            _ => message.flags,
+        };
+
+        Ok(Instance {
+            challenge_id: message.challenge_id,
+            source_id: message.source_id,
+            identity: String::new(),
+            since,
+            last_renew,
+            until,
+            connection_info: message.connection_info,
+            flags,
+            additional: message.additional.into_iter().collect(),
+        })
+    }
+}
+
+/// Joins an error and its causes, because the top of a tonic transport
+/// error is only "transport error" and the reason is in its sources.
+fn describe(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(source) = cause {
+        let part = source.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = source.source();
+    }
+    text
+}
+
+/// Converts a duration, saturating at the largest protobuf duration; the
+/// timeout parser already rejects anything that large.
+fn duration_to_proto(duration: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
+        nanos: duration.subsec_nanos() as i32,
+    }
+}
+
+fn duration_from_proto(duration: prost_types::Duration) -> Result<Duration, String> {
+    Duration::try_from(duration).map_err(|err| format!("invalid timeout: {err}"))
+}
+
+fn timestamp_to_proto(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
+}
+
+fn timestamp_from_proto(at: prost_types::Timestamp) -> Result<DateTime<Utc>, String> {
+    let nanos = u32::try_from(at.nanos).map_err(|_| format!("invalid timestamp: negative nanos {}", at.nanos))?;
+    DateTime::from_timestamp(at.seconds, nanos)
+        .ok_or_else(|| format!("invalid timestamp: {} s out of range", at.seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_round_trips_through_proto() {
+        let at = crate::time::parse_timestamp("2026-01-02T03:04:05.120Z").unwrap();
+        assert_eq!(timestamp_from_proto(timestamp_to_proto(at)), Ok(at));
+    }
+
+    #[test]
+    fn negative_duration_is_rejected() {
+        assert!(duration_from_proto(prost_types::Duration { seconds: -1, nanos: 0 }).is_err());
+    }
+}
