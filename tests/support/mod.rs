@@ -1,0 +1,6 @@
+//! Helpers shared by the integration tests. Each test file includes them
+//! with `mod support;` and uses what it needs.
+
+#![allow(dead_code)]
+
+pub mod registry;

@@ -1,0 +1,195 @@
+//! A real OCI registry for tests: the Debian `docker-registry` binary
+//! (CNCF distribution 2.8), listening on a free port of 127.0.0.1 with its
+//! storage in a temporary directory. The process is killed on drop.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+pub const BINARY: &str = "/usr/bin/docker-registry";
+
+/// Maximum wait for `GET /v2/` to return 200. Starts measured on a 2-core
+/// Debian 12 machine took 14 to 27 ms, so this bound only ends a broken start.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Attempts at starting the registry, in case another process takes the
+/// chosen port between choosing and binding it.
+const START_ATTEMPTS: usize = 3;
+
+pub struct Registry {
+    child: Child,
+    address: SocketAddr,
+    dir: TempDir,
+    http: reqwest::Client,
+}
+
+impl Registry {
+    /// Starts a registry and waits until it serves the API.
+    ///
+    /// Panics when the binary is missing (install the Debian package
+    /// `docker-registry`) or the registry does not become ready.
+    pub fn start() -> Self {
+        assert!(Path::new(BINARY).exists(), "{BINARY} is missing: install the Debian package docker-registry");
+        install_crypto_provider();
+
+        let mut failures = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            match Self::try_start() {
+                Ok(registry) => return registry,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!("docker-registry did not start:\n{}", failures.join("\n---\n"));
+    }
+
+    fn try_start() -> Result<Self, String> {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let address = unused_address();
+        let config = dir.path().join("config.yml");
+        std::fs::write(&config, config_yaml(address, &dir.path().join("storage"))).expect("write the registry config");
+        let log = std::fs::File::create(dir.path().join("registry.log")).expect("create the registry log");
+
+        let child = Command::new(BINARY)
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log file"))
+            .stderr(log)
+            .spawn()
+            .map_err(|err| format!("failed to run {BINARY}: {err}"))?;
+        let http = reqwest::Client::new();
+        let mut registry = Self { child, address, dir, http };
+
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = registry.child.try_wait() {
+                return Err(format!("docker-registry exited with {status}:\n{}", registry.log()));
+            }
+            if api_ready(address) {
+                return Ok(registry);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!("docker-registry not ready after {READY_TIMEOUT:?}:\n{}", registry.log()))
+    }
+
+    /// Returns `127.0.0.1:<port>`.
+    pub fn host(&self) -> String {
+        self.address.to_string()
+    }
+
+    /// Returns `<host>/<name>`, as in `reference("ctf/web:v1")`.
+    pub fn reference(&self, name: &str) -> String {
+        format!("{}/{name}", self.address)
+    }
+
+    /// Returns what the registry has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// Uploads a blob to `repository` as a monolithic upload (a POST, then one
+    /// PUT with the whole content) and returns its digest.
+    pub async fn upload_blob(&self, repository: &str, data: &[u8]) -> String {
+        let digest = sha256(data);
+        let start =
+            self.http.post(format!("http://{}/v2/{repository}/blobs/uploads/", self.address)).send().await.unwrap();
+        assert_eq!(start.status(), 202, "starting an upload: {}", start.text().await.unwrap_or_default());
+
+        let location = start.headers()["location"].to_str().unwrap().to_owned();
+        let location = if location.starts_with('/') { format!("http://{}{location}", self.address) } else { location };
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let finish = self
+            .http
+            .put(format!("{location}{separator}digest={digest}"))
+            .header("content-type", "application/octet-stream")
+            .body(data.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(finish.status(), 201, "finishing an upload: {}", finish.text().await.unwrap_or_default());
+        digest
+    }
+
+    /// Stores a manifest under `tag` exactly as given and returns its digest.
+    pub async fn put_manifest(&self, repository: &str, tag: &str, body: &[u8]) -> String {
+        let response = self
+            .http
+            .put(format!("http://{}/v2/{repository}/manifests/{tag}", self.address))
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "putting a manifest: {}", response.text().await.unwrap_or_default());
+        sha256(body)
+    }
+
+    /// Downloads the raw manifest `reference` (a tag or digest) names.
+    pub async fn get_manifest(&self, repository: &str, reference: &str) -> Vec<u8> {
+        let response = self
+            .http
+            .get(format!("http://{}/v2/{repository}/manifests/{reference}", self.address))
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "getting a manifest");
+        response.bytes().await.unwrap().to_vec()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Returns `sha256:<hex>` of `data`.
+pub fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// Returns a loopback address nothing listens on (at the time of the call).
+pub fn unused_address() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().unwrap()
+}
+
+/// Installs the rustls crypto provider that reqwest needs, once per process.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn config_yaml(address: SocketAddr, storage: &Path) -> String {
+    format!(
+        "version: 0.1\n\
+         log: {{level: warn}}\n\
+         storage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\n\
+         http:\n  addr: {address}\n",
+        storage.display()
+    )
+}
+
+/// Returns whether `GET /v2/` returns 200, checked with a bare HTTP/1.0 request so
+/// readiness does not depend on an async runtime.
+fn api_ready(address: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(format!("GET /v2/ HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes()).is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
+}
