@@ -78,36 +78,6 @@ fn entries(dir: &Path) -> Vec<String> {
     names
 }
 
-fn file_layer(digest: &str, size: usize, title: Option<&str>) -> serde_json::Value {
-    let mut layer = json!({"mediaType": "application/vnd.ctfer-io.file", "digest": digest, "size": size});
-    if let Some(title) = title {
-        layer["annotations"] = json!({"org.opencontainers.image.title": title});
-    }
-    layer
-}
-
-/// Uploads the empty config and `files` as layers, then a manifest shaped
-/// like the output of oras-go `PackManifest` (top-level `mediaType`,
-/// `data` in the config descriptor, a creation annotation). A `None` title
-/// makes a layer without title. Returns the manifest digest.
-async fn push_by_hand(registry: &Registry, repository: &str, tag: &str, files: &[(Option<&str>, &[u8])]) -> String {
-    let config = registry.upload_blob(repository, b"{}").await;
-    let mut layers = Vec::new();
-    for (title, data) in files {
-        let digest = registry.upload_blob(repository, data).await;
-        layers.push(file_layer(&digest, data.len(), *title));
-    }
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "artifactType": "application/vnd.ctfer-io.scenario",
-        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config, "size": 2, "data": "e30="},
-        "layers": layers,
-        "annotations": {"org.opencontainers.image.created": "2025-06-01T12:00:00Z"},
-    });
-    registry.put_manifest(repository, tag, &serde_json::to_vec(&manifest).unwrap()).await
-}
-
 #[tokio::test]
 async fn push_then_fetch_round_trips() {
     let registry = Registry::start();
@@ -266,7 +236,7 @@ async fn unsafe_titles_are_rejected_without_writing() {
         let tag = format!("t{index}");
         let reference = registry.reference(&format!("ctf/evil:{tag}"));
         let files = [(Some("Pulumi.yaml"), b"name: evil\n".as_slice()), (Some(title), b"payload".as_slice())];
-        let digest = push_by_hand(&registry, "ctf/evil", &tag, &files).await;
+        let digest = registry.push_by_hand("ctf/evil", &tag, &files).await;
 
         let err = scenarios.fetch(&reference, &digest).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Invalid, "{title}: {err}");
@@ -286,7 +256,7 @@ async fn clashing_titles_are_rejected() {
     let dirs = Dirs::new();
     let scenarios = dirs.scenarios();
     let files = [(Some("a/b"), b"one".as_slice()), (Some("a/b"), b"two".as_slice())];
-    let digest = push_by_hand(&registry, "ctf/clash", "v1", &files).await;
+    let digest = registry.push_by_hand("ctf/clash", "v1", &files).await;
 
     let err = scenarios.fetch(&registry.reference("ctf/clash:v1"), &digest).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
@@ -303,7 +273,7 @@ async fn oras_go_shaped_manifest_is_accepted() {
         (Some("sub/dir/main.go"), b"package main\n".as_slice()),
         (None, b"untitled layer".as_slice()),
     ];
-    let digest = push_by_hand(&registry, "ctf/oras", "v1", &files_in).await;
+    let digest = registry.push_by_hand("ctf/oras", "v1", &files_in).await;
     let reference = registry.reference("ctf/oras:v1");
 
     assert_eq!(scenarios.resolve(&reference).await.unwrap(), digest);

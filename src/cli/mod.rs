@@ -10,7 +10,6 @@ mod backend;
 mod challenge;
 mod error;
 mod instance;
-mod json;
 mod logging;
 mod options;
 mod output;

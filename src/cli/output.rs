@@ -16,12 +16,8 @@ use tabled::{
     settings::{Padding, Style, object::Segment},
 };
 
-use super::{
-    error::Error,
-    json::{ChallengeJson, InstanceJson},
-    parse::format_timeout,
-};
-use crate::{challenge::ChallengeInfo, instance::Instance, time::format_timestamp};
+use super::{error::Error, parse::format_timeout};
+use crate::{api, challenge::ChallengeInfo, instance::Instance, time::format_timestamp};
 
 /// Output format of a command's result.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -75,7 +71,7 @@ struct InstanceRow {
 /// Renders a list of challenges.
 pub fn render_challenges(format: Format, challenges: &[ChallengeInfo]) -> Result<String, Error> {
     match format {
-        Format::Json => to_json(&challenges.iter().map(ChallengeJson::from).collect::<Vec<_>>()),
+        Format::Json => to_json(&challenges.iter().map(api::json::challenge).collect::<Vec<_>>()),
         Format::Table => Ok(render_table(challenges.iter().map(challenge_row))),
     }
 }
@@ -83,7 +79,7 @@ pub fn render_challenges(format: Format, challenges: &[ChallengeInfo]) -> Result
 /// Renders one challenge: its fields, then a table of its instances.
 pub fn render_challenge(format: Format, info: &ChallengeInfo) -> Result<String, Error> {
     if format == Format::Json {
-        return to_json(&ChallengeJson::from(info));
+        return to_json(&api::json::challenge(info));
     }
 
     let challenge = &info.challenge;
@@ -112,7 +108,7 @@ pub fn render_challenge(format: Format, info: &ChallengeInfo) -> Result<String, 
 /// Renders a list of instances.
 pub fn render_instances(format: Format, instances: &[Instance]) -> Result<String, Error> {
     match format {
-        Format::Json => to_json(&instances.iter().map(InstanceJson::from).collect::<Vec<_>>()),
+        Format::Json => to_json(&instances.iter().map(api::json::instance).collect::<Vec<_>>()),
         Format::Table => Ok(render_table(instances.iter().map(instance_row))),
     }
 }
@@ -120,7 +116,7 @@ pub fn render_instances(format: Format, instances: &[Instance]) -> Result<String
 /// Renders one instance: how to reach it, its flags and its lifetime.
 pub fn render_instance(format: Format, instance: &Instance) -> Result<String, Error> {
     if format == Format::Json {
-        return to_json(&InstanceJson::from(instance));
+        return to_json(&api::json::instance(instance));
     }
 
     let flags = if instance.flags.is_empty() { "none".to_owned() } else { instance.flags.join("\n") };

@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
@@ -132,6 +133,28 @@ impl Registry {
         sha256(body)
     }
 
+    /// Uploads the empty config and `files` as layers, then a manifest shaped
+    /// like the output of oras-go `PackManifest` (top-level `mediaType`,
+    /// `data` in the config descriptor, a creation annotation). A `None` title
+    /// makes a layer without title. Returns the manifest digest.
+    pub async fn push_by_hand(&self, repository: &str, tag: &str, files: &[(Option<&str>, &[u8])]) -> String {
+        let config = self.upload_blob(repository, b"{}").await;
+        let mut layers = Vec::new();
+        for (title, data) in files {
+            let digest = self.upload_blob(repository, data).await;
+            layers.push(file_layer(&digest, data.len(), *title));
+        }
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/vnd.ctfer-io.scenario",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config, "size": 2, "data": "e30="},
+            "layers": layers,
+            "annotations": {"org.opencontainers.image.created": "2025-06-01T12:00:00Z"},
+        });
+        self.put_manifest(repository, tag, &serde_json::to_vec(&manifest).unwrap()).await
+    }
+
     /// Downloads the raw manifest `reference` (a tag or digest) names.
     pub async fn get_manifest(&self, repository: &str, reference: &str) -> Vec<u8> {
         let response = self
@@ -151,6 +174,14 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn file_layer(digest: &str, size: usize, title: Option<&str>) -> serde_json::Value {
+    let mut layer = json!({"mediaType": "application/vnd.ctfer-io.file", "digest": digest, "size": size});
+    if let Some(title) = title {
+        layer["annotations"] = json!({"org.opencontainers.image.title": title});
+    }
+    layer
 }
 
 /// Returns `sha256:<hex>` of `data`.
