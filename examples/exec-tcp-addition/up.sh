@@ -1,0 +1,34 @@
+# Starts this instance's challenge service and prints its outputs.
+#
+# Inputs (from chall-manager): CM_IDENTITY, CM_STATE_DIR.
+# Output: the last stdout line is the JSON object chall-manager reads.
+set -eu
+
+state="$CM_STATE_DIR"
+rm -f "$state/port"
+
+# The service is left running after this script exits: it is the
+# challenge. Its output goes to a log file, so it does not hold the
+# runner's pipes, and it reads no terminal input.
+nohup python3 server.py serve "$state" >"$state/server.log" 2>&1 </dev/null &
+echo "$!" >"$state/server.pid"
+
+# The service binds port 0 and writes the port it got once it listens.
+tries=0
+while [ ! -s "$state/port" ]; do
+    if ! kill -0 "$(cat "$state/server.pid")" 2>/dev/null; then
+        echo "the challenge service exited during startup; its log follows" >&2
+        cat "$state/server.log" >&2
+        exit 1
+    fi
+    tries=$((tries + 1))
+    if [ "$tries" -gt 100 ]; then
+        echo "the challenge service did not report a port within 10 seconds" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+
+port=$(cat "$state/port")
+flag=$(python3 server.py flag)
+printf '{"connection_info":"nc 127.0.0.1 %s","flags":["%s"]}\n' "$port" "$flag"
