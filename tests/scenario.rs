@@ -10,7 +10,6 @@ use std::{
 };
 
 use chall_manager::scenario::{ErrorKind, OciSettings, Scenarios};
-use serde_json::json;
 use support::registry::{Registry, sha256, unused_address};
 use tempfile::TempDir;
 

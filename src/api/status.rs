@@ -427,7 +427,12 @@ mod tests {
     fn scenario_errors_map_by_kind() {
         let scenario_error = |kind| Error::Scenario {
             reference: "registry:5000/x:v1".into(),
-            source: scenario::Error { kind, message: "details".into() },
+            source: scenario::Error::Registry {
+                operation: "resolve",
+                reference: "registry:5000/x:v1".into(),
+                kind,
+                source: Box::new(oci_client::errors::OciDistributionError::GenericError(None)),
+            },
         };
         assert_eq!(map(&scenario_error(ErrorKind::Malformed)).code, Code::InvalidArgument);
         assert_eq!(map(&scenario_error(ErrorKind::NotFound)).code, Code::InvalidArgument);
@@ -460,7 +465,7 @@ mod tests {
             action: "deployment",
             challenge_id: "7".into(),
             source_id: "3".into(),
-            source: crate::runner::Error::Unsupported,
+            source: crate::runner::Error::PulumiNotSupported,
         };
         let status = map(&err);
         assert_eq!(status.code, Code::Unknown);

@@ -24,6 +24,7 @@ pub struct Args {
 /// Serves until SIGINT or SIGTERM, then lets requests in flight finish.
 pub async fn run(args: Args) -> Result<(), Error> {
     let manager = args.data.open_manager()?;
+    let shutdown = shutdown_signal().map_err(Error::Serve)?;
 
     let address = SocketAddr::new(args.listen, args.port);
     let listener = TcpListener::bind(address).await.map_err(|source| Error::Bind { address, source })?;
@@ -34,38 +35,23 @@ pub async fn run(args: Args) -> Result<(), Error> {
     // whatever the log level and format.
     eprintln!("listening on {bound}");
 
-    crate::api::serve(listener, manager, shutdown_signal()).await.map_err(Error::Serve)?;
+    crate::api::serve(listener, manager, shutdown).await.map_err(Error::Serve)?;
     info!("stopped");
     Ok(())
 }
 
-/// Completes on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %err, "failed to listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Registers the SIGINT and SIGTERM handlers now, so that a signal that
+/// arrives as soon as the address is printed already stops the server
+/// gracefully, and returns a future that completes on the first of them.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
 
-    #[cfg(unix)]
-    let terminate = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut stream) => {
-                stream.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "failed to listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => info!(signal = "SIGINT", "shutting down"),
+            _ = terminate.recv() => info!(signal = "SIGTERM", "shutting down"),
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-
-    tokio::select! {
-        () = interrupt => info!(signal = "SIGINT", "shutting down"),
-        () = terminate => info!(signal = "SIGTERM", "shutting down"),
-    }
+    })
 }

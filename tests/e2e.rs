@@ -1,0 +1,468 @@
+//! End to end: a real `serve`, a real registry, exec scenarios, REST and
+//! gRPC clients.
+
+mod support;
+
+use std::{collections::HashMap, time::Duration};
+
+use chall_manager::{
+    proto::{challenge as pc, instance as pi},
+    scenario::{OciSettings, Scenarios},
+};
+use serde_json::{Value, json};
+use support::{
+    registry::Registry,
+    server::{Server, process_alive, scenario_dir},
+};
+
+/// Scenario whose `up` records each run in `$CM_TEST_LOG` and returns
+/// outputs derived from its identity.
+const RECORDER: &[(&str, &str)] = &[
+    ("scenario.yaml", "runtime: exec\nup: sh up.sh\ndown: sh down.sh\ntimeout: 30s\n"),
+    (
+        "up.sh",
+        r#"echo "up $CM_IDENTITY $CM_ADDITIONAL" >> "$CM_TEST_LOG"
+sleep "${CM_TEST_SLEEP:-0}"
+printf '{"connection_info":"conn-%s","flags":["FLAG{%s}"]}\n' "$CM_IDENTITY" "$CM_IDENTITY"
+"#,
+    ),
+    ("down.sh", "echo \"down $CM_IDENTITY\" >> \"$CM_TEST_LOG\"\n"),
+];
+
+/// Scenario whose `up` starts a background process, then fails.
+const FAILING: &[(&str, &str)] = &[
+    ("scenario.yaml", "runtime: exec\nup: sh up.sh\ndown: sh down.sh\n"),
+    (
+        "up.sh",
+        r#"sleep 300 > /dev/null 2>&1 &
+echo $! > "$CM_STATE_DIR/pid"
+echo "up $CM_IDENTITY pid $!" >> "$CM_TEST_LOG"
+echo "cannot reach the cluster" >&2
+exit 3
+"#,
+    ),
+    (
+        "down.sh",
+        r#"echo "down $CM_IDENTITY" >> "$CM_TEST_LOG"
+if [ -f "$CM_STATE_DIR/pid" ]; then kill "$(cat "$CM_STATE_DIR/pid")" 2>/dev/null; fi
+exit 0
+"#,
+    ),
+];
+
+struct Env {
+    registry: Registry,
+    server: Server,
+    http: reqwest::Client,
+    log: tempfile::NamedTempFile,
+}
+
+impl Env {
+    async fn start() -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let registry = Registry::start();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let server = Server::start(&[("CM_TEST_LOG", log.path().to_str().unwrap())]);
+        Self { registry, server, http: reqwest::Client::new(), log }
+    }
+
+    /// Pushes a scenario to the registry and returns its reference.
+    async fn push(&self, name: &str, files: &[(&str, &str)]) -> String {
+        let dir = scenario_dir(files);
+        let work = tempfile::tempdir().unwrap();
+        let scenarios = Scenarios::new(work.path(), work.path().join("cache"), OciSettings { insecure: true, ..Default::default() });
+        let reference = format!("{}/{name}:v1", self.registry.host());
+        scenarios.push(dir.path(), &reference).await.expect("push the scenario");
+        reference
+    }
+
+    fn log_lines(&self, prefix: &str) -> Vec<String> {
+        std::fs::read_to_string(self.log.path())
+            .unwrap()
+            .lines()
+            .filter(|line| line.starts_with(prefix))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    async fn request(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http.request(method, self.server.url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("send the request");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or_else(|err| panic!("non-JSON body {text:?}: {err}"));
+        (status, body)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.request(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.request(reqwest::Method::GET, path, None).await
+    }
+
+    async fn delete(&self, path: &str) -> (u16, Value) {
+        self.request(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// Reads a streamed listing: one `{"result": ...}` object per line.
+    async fn stream(&self, path: &str) -> (u16, Vec<Value>) {
+        let response = self.http.get(self.server.url(path)).send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let lines = text.lines().map(|line| serde_json::from_str(line).expect("each line is one JSON object")).collect();
+        (status, lines)
+    }
+
+    async fn create_challenge(&self, id: &str, scenario: &str) {
+        let (status, body) = self.post("/api/v1/challenge", json!({"id": id, "scenario": scenario})).await;
+        assert_eq!(status, 200, "create challenge {id}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn instance_lifecycle_over_rest() {
+    let env = Env::start().await;
+    let scenario = env.push("recorder", RECORDER).await;
+
+    let (status, challenge) = env
+        .post(
+            "/api/v1/challenge",
+            json!({"id": "1", "scenario": scenario, "timeout": "600s", "until": "2099-01-01T00:00:00.000Z", "additional": {"level": "easy"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{challenge}");
+    assert_eq!(challenge["timeout"], "600s");
+    assert_eq!(challenge["until"], "2099-01-01T00:00:00Z", "a zero fraction is not printed");
+    assert_eq!(challenge["min"], "0", "int64 is a JSON string");
+    assert_eq!(challenge["instances"], json!([]));
+
+    // snake_case input is accepted like lowerCamelCase.
+    let (status, instance) = env.post("/api/v1/instance", json!({"challenge_id": "1", "source_id": "0"})).await;
+    assert_eq!(status, 200, "{instance}");
+    assert_eq!(instance["challengeId"], "1");
+    assert_eq!(instance["sourceId"], "0", "source 0 is an ordinary source");
+    let connection = instance["connectionInfo"].as_str().unwrap();
+    assert!(connection.starts_with("conn-"), "{instance}");
+    let identity = connection.trim_start_matches("conn-");
+    assert_eq!(identity.len(), 16);
+    assert_eq!(instance["flags"], json!([format!("FLAG{{{identity}}}")]));
+    assert_eq!(instance["flag"], instance["flags"][0], "the legacy flag is set when there is one flag");
+    for key in ["since", "lastRenew", "until"] {
+        let text = instance[key].as_str().unwrap_or_else(|| panic!("{key} missing: {instance}"));
+        assert!(text.ends_with('Z') && text.len() >= 20, "{key} = {text}");
+    }
+    assert!(env.log_lines("up").iter().any(|line| line.contains(r#""level":"easy""#)), "the scenario got the challenge additional");
+
+    let (status, fetched) = env.get("/api/v1/instance/1/0").await;
+    assert_eq!(status, 200);
+    assert_eq!(fetched["connectionInfo"], instance["connectionInfo"]);
+
+    // Ids from the path win over the body.
+    let (status, renewed) = env
+        .request(reqwest::Method::PATCH, "/api/v1/instance/1/0", Some(json!({"challengeId": "other", "sourceId": "9"})))
+        .await;
+    assert_eq!(status, 200, "{renewed}");
+    assert_eq!(renewed["sourceId"], "0");
+
+    let (status, lines) = env.stream("/api/v1/instance?sourceId=0").await;
+    assert_eq!(status, 200);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["result"]["challengeId"], "1");
+
+    let (status, body) = env.delete("/api/v1/instance/1/0").await;
+    assert_eq!((status, body), (200, json!({})));
+    assert_eq!(env.log_lines("down").len(), 1);
+    let (status, _) = env.get("/api/v1/instance/1/0").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn rest_json_mapping_details() {
+    let env = Env::start().await;
+    let scenario = env.push("recorder", RECORDER).await;
+
+    // Explicit nulls and fields the message lacks are accepted.
+    let (status, challenge) = env
+        .post(
+            "/api/v1/challenge",
+            json!({"id": "7", "scenario": scenario, "timeout": null, "until": null, "additional": null, "updateStrategy": "blue_green", "min": 0, "max": "0"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{challenge}");
+    assert_eq!(challenge["timeout"], Value::Null, "unset timeout is null");
+    assert_eq!(challenge["until"], Value::Null, "unset until is null");
+
+    let (status, instance) = env.post("/api/v1/instance", json!({"challengeId": "7", "sourceId": "3", "unknown": 1})).await;
+    assert_eq!(status, 200, "{instance}");
+    assert!(instance.get("until").is_none(), "unset instance until is omitted: {instance}");
+    assert!(instance["since"].as_str().unwrap().ends_with('Z'));
+
+    // Streams: one compact object per line.
+    let response = env.http.get(env.server.url("/api/v1/challenge")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.ends_with('\n'));
+    for line in text.lines() {
+        assert!(line.starts_with(r#"{"result":{"#), "{line}");
+        assert!(!line.contains(": "), "lines are compact: {line}");
+    }
+
+    // An unknown enum value is rejected before anything runs.
+    let (status, error) = env
+        .request(
+            reqwest::Method::PATCH,
+            "/api/v1/challenge/7",
+            Some(json!({"updateStrategy": "sideways", "updateMask": "timeout", "timeout": "60s"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["code"], 3);
+    let (_, unchanged) = env.get("/api/v1/challenge/7").await;
+    assert_eq!(unchanged["timeout"], Value::Null, "a rejected update changed the challenge");
+
+    // An update mask in lowerCamelCase applies only the named fields.
+    let (status, updated) = env
+        .request(
+            reqwest::Method::PATCH,
+            "/api/v1/challenge/7",
+            Some(json!({"updateMask": "timeout", "timeout": "90s", "until": "2099-01-01T00:00:00Z", "updateStrategy": "recreate"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["timeout"], "90s");
+    assert_eq!(updated["until"], Value::Null, "until was not in the mask");
+
+    // Errors: code, message and details, with the HTTP status of the code.
+    let (status, error) = env.get("/api/v1/challenge/missing").await;
+    assert_eq!(status, 404);
+    assert_eq!(error["code"], 5);
+    assert!(error["message"].is_string());
+    assert!(error["details"].is_array());
+
+    let (status, health) = env.get("/healthcheck").await;
+    assert_eq!(status, 200, "{health}");
+}
+
+#[tokio::test]
+async fn stream_reports_a_failure_as_an_error_line() {
+    let env = Env::start().await;
+    let scenario = env.push("recorder", RECORDER).await;
+    env.create_challenge("1", &scenario).await;
+
+    // Corrupt the only challenge record: the listing fails before any item.
+    let challenges = env.server.data_dir().join("challenges");
+    let dir = std::fs::read_dir(&challenges).unwrap().next().unwrap().unwrap().path();
+    std::fs::write(dir.join("challenge.json"), "{not json").unwrap();
+
+    let response = env.http.get(env.server.url("/api/v1/challenge")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 500);
+    let text = response.text().await.unwrap();
+    let line: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(line["error"]["code"], 13, "{text}");
+}
+
+#[tokio::test]
+async fn parallel_creates_deploy_once() {
+    let env = Env::start().await;
+    let scenario = env.push("recorder", RECORDER).await;
+    env.create_challenge("1", &scenario).await;
+
+    let creates = (0..20).map(|_| env.post("/api/v1/instance", json!({"challengeId": "1", "sourceId": "42"})));
+    let results = futures::future::join_all(creates).await;
+
+    let ok = results.iter().filter(|(status, _)| *status == 200).count();
+    assert_eq!(ok, 1, "{results:?}");
+    for (status, body) in results.iter().filter(|(status, _)| *status != 200) {
+        assert_eq!(*status, 409, "{body}");
+        assert!(body["message"].as_str().unwrap().contains("already exist"), "{body}");
+    }
+    assert_eq!(env.log_lines("up").len(), 1, "one deployment exists");
+}
+
+#[tokio::test]
+async fn failing_up_leaves_nothing_behind() {
+    let env = Env::start().await;
+    let scenario = env.push("failing", FAILING).await;
+    env.create_challenge("1", &scenario).await;
+
+    let (status, error) = env.post("/api/v1/instance", json!({"challengeId": "1", "sourceId": "1"})).await;
+    assert_eq!(status, 500, "{error}");
+    assert_eq!(error["code"], 2);
+    assert!(error["message"].as_str().unwrap().contains("cannot reach the cluster"), "the stderr tail is reported: {error}");
+
+    let (status, _) = env.get("/api/v1/instance/1/1").await;
+    assert_eq!(status, 404);
+    let (status, lines) = env.stream("/api/v1/instance?sourceId=1").await;
+    assert_eq!((status, lines.len()), (200, 0));
+    let (_, challenge) = env.get("/api/v1/challenge/1").await;
+    assert_eq!(challenge["instances"], json!([]));
+
+    let up = env.log_lines("up");
+    let pid: u32 = up[0].rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(!process_alive(pid), "the background process of the failed up is still running");
+    assert_eq!(env.log_lines("down").len(), 1, "down ran once to clean up");
+    let states = std::fs::read_dir(env.server.data_dir().join("challenges")).unwrap().next().unwrap().unwrap().path().join("state");
+    let left = std::fs::read_dir(&states).map(|entries| entries.count()).unwrap_or(0);
+    assert_eq!(left, 0, "a state directory was left behind");
+
+    let (status, _) = env.post("/api/v1/instance", json!({"challengeId": "1", "sourceId": "1"})).await;
+    assert_eq!(status, 500);
+    assert_eq!(env.log_lines("up").len(), 2, "a retry runs up again");
+}
+
+#[tokio::test]
+async fn deleting_a_challenge_stops_its_instances() {
+    let env = Env::start().await;
+    let scenario = env.push("recorder", RECORDER).await;
+    env.create_challenge("1", &scenario).await;
+    env.create_challenge("2", &scenario).await;
+    for (challenge, source) in [("1", "1"), ("1", "2"), ("2", "1")] {
+        let (status, body) = env.post("/api/v1/instance", json!({"challengeId": challenge, "sourceId": source})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    let (status, body) = env.delete("/api/v1/challenge/1").await;
+    assert_eq!((status, body), (200, json!({})));
+    assert_eq!(env.log_lines("down").len(), 2, "both instances of challenge 1 were destroyed");
+
+    let (_, lines) = env.stream("/api/v1/instance?sourceId=1").await;
+    let challenges: Vec<_> = lines.iter().map(|line| line["result"]["challengeId"].clone()).collect();
+    assert_eq!(challenges, vec![json!("2")]);
+    let (status, _) = env.get("/api/v1/instance/1/1").await;
+    assert_eq!(status, 404);
+    let (status, error) = env.post("/api/v1/instance", json!({"challengeId": "1", "sourceId": "3"})).await;
+    assert_eq!(status, 404, "{error}");
+}
+
+#[tokio::test]
+async fn creating_a_challenge_twice_conflicts_until_deleted() {
+    let env = Env::start().await;
+    let scenario = env.push("recorder", RECORDER).await;
+    env.create_challenge("1", &scenario).await;
+
+    let (status, error) = env.post("/api/v1/challenge", json!({"id": "1", "scenario": scenario})).await;
+    assert_eq!(status, 409, "{error}");
+    assert!(error["message"].as_str().unwrap().contains("already exist"));
+
+    let (status, _) = env.delete("/api/v1/challenge/1").await;
+    assert_eq!(status, 200);
+    let (status, body) = env.post("/api/v1/challenge", json!({"id": "1", "scenario": scenario})).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn missing_instance_reads_release_their_locks() {
+    let env = Env::start().await;
+    let scenario = env.push("recorder", RECORDER).await;
+    env.create_challenge("1", &scenario).await;
+
+    let reads = (0..200).map(|source| env.get_owned(format!("/api/v1/instance/1/{source}")));
+    for (status, body) in futures::future::join_all(reads).await {
+        assert_eq!(status, 404, "{body}");
+        assert_eq!(body["code"], 5);
+    }
+
+    let started = std::time::Instant::now();
+    let (status, _) = env.delete("/api/v1/challenge/1").await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < Duration::from_secs(1), "delete waited {:?}: a lock was left held", started.elapsed());
+}
+
+impl Env {
+    async fn get_owned(&self, path: String) -> (u16, Value) {
+        self.get(&path).await
+    }
+}
+
+#[tokio::test]
+async fn escaping_scenario_is_rejected_at_creation() {
+    let env = Env::start().await;
+    let files = [
+        (Some("scenario.yaml"), b"runtime: exec\nup: echo\ndown: echo\n".as_slice()),
+        (Some("../x"), b"payload".as_slice()),
+        (Some("/etc/chall-manager-e2e-x"), b"payload".as_slice()),
+    ];
+    env.registry.push_by_hand("escape", "v1", &files).await;
+    let reference = env.registry.reference("escape:v1");
+
+    let (status, error) = env.post("/api/v1/challenge", json!({"id": "1", "scenario": reference})).await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["code"], 3);
+    let (status, _) = env.get("/api/v1/challenge/1").await;
+    assert_eq!(status, 404, "a rejected challenge was stored");
+    assert!(!env.server.data_dir().parent().unwrap().join("x").exists());
+    assert!(!std::path::Path::new("/etc/chall-manager-e2e-x").exists());
+}
+
+#[tokio::test]
+async fn scenario_without_known_layout_is_rejected() {
+    let env = Env::start().await;
+    let scenario = env.push("empty", &[("README.md", "nothing to run\n")]).await;
+
+    let (status, error) = env.post("/api/v1/challenge", json!({"id": "1", "scenario": scenario})).await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["code"], 3);
+    assert!(error["message"].as_str().unwrap().contains(&scenario), "the error names the scenario: {error}");
+}
+
+#[tokio::test]
+async fn instance_lifecycle_over_grpc() {
+    let env = Env::start().await;
+    let scenario = env.push("recorder", RECORDER).await;
+    let endpoint = format!("http://{}", env.server.addr);
+    let mut challenges = pc::challenge_store_client::ChallengeStoreClient::connect(endpoint.clone()).await.unwrap();
+    let mut instances = pi::instance_manager_client::InstanceManagerClient::connect(endpoint).await.unwrap();
+
+    let created = challenges
+        .create_challenge(pc::CreateChallengeRequest {
+            id: "g".into(),
+            scenario: scenario.clone(),
+            timeout: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.scenario, scenario);
+
+    let additional = HashMap::from([("color".to_owned(), "blue".to_owned())]);
+    let instance = instances
+        .create_instance(pi::CreateInstanceRequest { challenge_id: "g".into(), source_id: "5".into(), additional })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(instance.connection_info.starts_with("conn-"));
+    assert!(instance.until.is_some());
+    assert!(env.log_lines("up").iter().any(|line| line.contains(r#""color":"blue""#)));
+
+    let again = instances
+        .create_instance(pi::CreateInstanceRequest { challenge_id: "g".into(), source_id: "5".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::AlreadyExists);
+
+    let mut stream = instances.query_instance(pi::QueryInstanceRequest { source_id: "5".into() }).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().expect("one instance");
+    assert_eq!(first.challenge_id, "g");
+    assert!(stream.message().await.unwrap().is_none());
+
+    let mut listing = challenges.query_challenge(()).await.unwrap().into_inner();
+    let listed = listing.message().await.unwrap().expect("one challenge");
+    assert_eq!(listed.instances.len(), 1);
+
+    instances
+        .delete_instance(pi::DeleteInstanceRequest { challenge_id: "g".into(), source_id: "5".into() })
+        .await
+        .unwrap();
+    let missing = instances
+        .retrieve_instance(pi::RetrieveInstanceRequest { challenge_id: "g".into(), source_id: "5".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    challenges.delete_challenge(pc::DeleteChallengeRequest { id: "g".into() }).await.unwrap();
+}
