@@ -466,3 +466,81 @@ async fn instance_lifecycle_over_grpc() {
     assert_eq!(missing.code(), tonic::Code::NotFound);
     challenges.delete_challenge(pc::DeleteChallengeRequest { id: "g".into() }).await.unwrap();
 }
+
+/// Runs the CLI binary and returns its stdout, failing on a non-zero exit.
+fn cli(args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chall-manager"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run chall-manager");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "chall-manager {args:?} failed: {stderr}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Connects to an instance of the example, answers its addition and
+/// returns what it sends back.
+fn play_example(connection_info: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+
+    let port = connection_info.strip_prefix("nc 127.0.0.1 ").expect("connection info is `nc 127.0.0.1 PORT`");
+    let stream = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).expect("connect to the instance");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut question = String::new();
+    reader.read_line(&mut question).unwrap();
+
+    // "What is A + B?"
+    let numbers: Vec<u64> =
+        question.trim().trim_start_matches("What is ").trim_end_matches('?').split(" + ").map(|n| n.parse().unwrap()).collect();
+    writeln!(&stream, "{}", numbers[0] + numbers[1]).unwrap();
+    let mut answer = String::new();
+    reader.read_line(&mut answer).unwrap();
+    answer.trim().to_owned()
+}
+
+fn instance_up_json(args: &[&str]) -> Value {
+    serde_json::from_str(&cli(args)).expect("instance up --output json prints JSON")
+}
+
+#[tokio::test]
+async fn quickstart_with_the_example() {
+    let env = Env::start().await;
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/exec-tcp-addition");
+    let reference = format!("{}/examples/exec-tcp-addition:v1", env.registry.host());
+    let url = env.server.url("");
+
+    let pinned = cli(&["challenge", "push", example, &reference, "--oci-insecure"]);
+    assert!(pinned.trim().starts_with(&format!("{reference}@sha256:")), "{pinned}");
+    cli(&["challenge", "create", "addition", "--scenario", &reference, "--timeout", "1h", "--url", &url]);
+
+    let first = instance_up_json(&["instance", "up", "addition", "1", "--url", &url, "--output", "json"]);
+    let second = instance_up_json(&["instance", "up", "addition", "2", "--url", &url, "--output", "json"]);
+    let connection = first["connectionInfo"].as_str().unwrap();
+    assert_eq!(play_example(connection), first["flags"][0].as_str().unwrap(), "the service hands out the instance's flag");
+    assert_ne!(first["flags"][0], second["flags"][0], "two teams get different flags");
+
+    cli(&["instance", "down", "addition", "1", "--url", &url]);
+    cli(&["instance", "down", "addition", "2", "--url", &url]);
+    let port = connection.rsplit(' ').next().unwrap();
+    assert!(std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err(), "the service still listens after down");
+}
+
+#[tokio::test]
+async fn local_directory_scenario_without_registry() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/exec-tcp-addition");
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+
+    cli(&["challenge", "create", "addition", "--scenario", example, "--dir", dir]);
+    let instance = instance_up_json(&["instance", "up", "addition", "1", "--dir", dir, "--output", "json"]);
+    assert_eq!(play_example(instance["connectionInfo"].as_str().unwrap()), instance["flags"][0].as_str().unwrap());
+
+    // A server over the same data directory serves the packed challenge.
+    let server = Server::start_in(data, &[]);
+    let listed = reqwest::get(server.url("/api/v1/instance?sourceId=1")).await.unwrap().text().await.unwrap();
+    assert!(listed.contains(r#""challengeId":"addition""#), "{listed}");
+    let response = reqwest::Client::new().delete(server.url("/api/v1/instance/addition/1")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+}
