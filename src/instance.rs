@@ -18,7 +18,8 @@ use crate::{
     error::{Error, Result},
     lock::Mode,
     manager::Manager,
-    runner::{self, Deployment, Outputs, Runner},
+    runner::{self, Deployment, Runner},
+    store::Intent,
     time::{serde_timestamp, serde_timestamp_opt},
 };
 
@@ -114,52 +115,122 @@ impl Manager {
         // Checks done: deploy, then record the instance.
         let identity = new_identity();
         tracing::Span::current().record("identity", identity.as_str());
-        let state_dir = self.store.create_state_dir(&challenge_id, &identity).await?;
-        let merged = merge_additional(&challenge.additional, &additional);
-        let deployment = Deployment { scenario_dir: &scenario_dir, identity: &identity, additional: &merged, state_dir: &state_dir };
-        let deploy_error = |source| Error::Deploy {
-            action: "deployment",
-            challenge_id: challenge_id.clone(),
-            source_id: source_id.clone(),
-            source,
-        };
-        let outputs: Outputs = match runner.up(&deployment).await {
-            Ok(outputs) => outputs,
-            Err(err) => {
-                self.clean_failed_deployment(runner.as_ref(), &deployment, &challenge_id).await;
-                return Err(deploy_error(err));
-            }
-        };
-
-        let instance = Instance {
+        let mut instance = Instance {
             challenge_id: challenge_id.clone(),
             source_id: source_id.clone(),
             identity: identity.clone(),
             since: now,
             last_renew: now,
             until: challenge.instance_until(now),
-            connection_info: outputs.connection_info,
-            flags: outputs.flags,
+            connection_info: String::new(),
+            flags: Vec::new(),
             additional,
         };
-        if let Err(err) = self.store.save_instance(&instance).await {
-            self.clean_failed_deployment(runner.as_ref(), &deployment, &challenge_id).await;
-            return Err(err.into());
-        }
+        let state_dir = self.store.create_state_dir(&challenge_id, &identity).await?;
+        let merged = merge_additional(&challenge.additional, &instance.additional);
+        let deployment = Deployment { scenario_dir: &scenario_dir, identity: &identity, additional: &merged, state_dir: &state_dir };
+
+        // The intent is flushed while `up` runs, which keeps the flush off
+        // the request's latency.
+        // NOTE: a crash within the first milliseconds of `up`, before the
+        // intent is on disk, leaves whatever `up` created without a record.
+        let store = self.store.clone();
+        let intent_record = instance.clone();
+        let intent = tokio::spawn(async move { store.begin_instance(&intent_record).await });
+        let deployed = runner.up(&deployment).await;
+        let intent = match intent.await.map_err(Error::from).and_then(|intent| intent.map_err(Error::from)) {
+            Ok(intent) => intent,
+            Err(err) => {
+                self.clean_failed_deployment(runner.as_ref(), &deployment, &challenge_id, None).await;
+                return Err(err);
+            }
+        };
+        let outputs = match deployed {
+            Ok(outputs) => outputs,
+            Err(source) => {
+                self.clean_failed_deployment(runner.as_ref(), &deployment, &challenge_id, Some(intent)).await;
+                return Err(Error::Deploy { action: "deployment", challenge_id, source_id, source });
+            }
+        };
+
+        instance.connection_info = outputs.connection_info;
+        instance.flags = outputs.flags;
+        // On failure the intent stays on disk and the deployment keeps
+        // running: recovery either completes the record or destroys it.
+        self.store.commit_instance(intent, &instance).await?;
         info!("instance created");
         Ok(instance)
     }
 
-    /// Runs `down` after a failed `up` and removes the state directory, so
-    /// that a failed create leaves nothing behind. Failures here are logged:
-    /// the caller reports the original error.
-    async fn clean_failed_deployment(&self, runner: &dyn Runner, deployment: &Deployment<'_>, challenge_id: &str) {
+    /// Runs `down` after a failed `up`, then removes the state directory
+    /// and the intent, so that a failed create leaves nothing behind.
+    /// Failures here are logged: the caller reports the original error.
+    async fn clean_failed_deployment(
+        &self,
+        runner: &dyn Runner,
+        deployment: &Deployment<'_>,
+        challenge_id: &str,
+        intent: Option<Intent>,
+    ) {
         if let Err(err) = runner.down(deployment).await {
             warn!(error = %err, "cleanup after a failed deployment failed");
+            // The intent stays, so that recovery runs `down` again later.
+            return;
         }
         if let Err(err) = self.store.delete_state_dir(challenge_id, deployment.identity).await {
             warn!(error = %err, "failed to remove the state directory of a failed deployment");
         }
+        if let Some(intent) = intent {
+            if let Err(err) = self.store.abandon_instance(intent).await {
+                warn!(error = %err, "failed to remove the intent of a failed deployment");
+            }
+        }
+    }
+
+    /// Settles the deployments that a stopped process left half done: a
+    /// completed record whose rename was lost is put in place, and a
+    /// deployment that never completed is destroyed. Returns how many intents
+    /// were settled; failures are logged and retried on the next call.
+    pub async fn recover_interrupted(&self) -> Result<usize> {
+        let mut settled = 0;
+        for id in self.challenge_ids().await? {
+            // The write lock waits for every deployment in progress in this
+            // challenge, so the intents left are those of stopped processes.
+            let _lock = self.locks.challenge(&id, Mode::Write).await?;
+            let challenge = self.load_challenge(&id).await?;
+            for intent in self.store.intents(&id).await? {
+                match self.settle_intent(&challenge, &intent).await {
+                    Ok(()) => settled += 1,
+                    Err(err) => warn!(challenge_id = %id, identity = %intent.identity, error = %err, "failed to recover an interrupted deployment"),
+                }
+            }
+        }
+        Ok(settled)
+    }
+
+    async fn settle_intent(&self, challenge: &Challenge, intent: &crate::store::FoundIntent) -> Result<()> {
+        if intent.complete {
+            self.store.roll_forward(intent).await?;
+            info!(challenge_id = %challenge.id, identity = %intent.identity, "recovered the record of an instance");
+            return Ok(());
+        }
+
+        let (runner, scenario_dir) = self.load_runner(challenge).await?;
+        let instance_additional = intent.instance.as_ref().map(|instance| instance.additional.clone()).unwrap_or_default();
+        let merged = merge_additional(&challenge.additional, &instance_additional);
+        let state_dir = self.store.state_dir(&challenge.id, &intent.identity);
+        let deployment = Deployment { scenario_dir: &scenario_dir, identity: &intent.identity, additional: &merged, state_dir: &state_dir };
+        runner.down(&deployment).await.map_err(|source| Error::Deploy {
+            action: "destruction",
+            challenge_id: challenge.id.clone(),
+            source_id: intent.instance.as_ref().map(|instance| instance.source_id.clone()).unwrap_or_default(),
+            source,
+        })?;
+
+        self.store.delete_state_dir(&challenge.id, &intent.identity).await?;
+        self.store.remove_intent(intent).await?;
+        info!(challenge_id = %challenge.id, identity = %intent.identity, "destroyed an interrupted deployment");
+        Ok(())
     }
 
     /// Fetches the pinned scenario of a challenge and picks its runner.

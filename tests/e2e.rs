@@ -544,3 +544,39 @@ async fn local_directory_scenario_without_registry() {
     let response = reqwest::Client::new().delete(server.url("/api/v1/instance/addition/1")).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
 }
+
+#[tokio::test]
+async fn crash_during_up_is_rolled_back_on_restart() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let registry = Registry::start();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let log_path = log.path().to_str().unwrap();
+    let server = Server::start(&[("CM_TEST_LOG", log_path), ("CM_TEST_SLEEP", "30")]);
+    let env = Env { registry, server, http: reqwest::Client::new(), log };
+    let scenario = env.push("recorder", RECORDER).await;
+    env.create_challenge("1", &scenario).await;
+
+    // Start a deployment, and crash the server while `up` sleeps.
+    let create = tokio::spawn({
+        let url = env.server.url("/api/v1/instance");
+        async move { reqwest::Client::new().post(url).json(&json!({"challengeId": "1", "sourceId": "1"})).send().await }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while env.log_lines("up").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "up never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let identity = env.log_lines("up")[0].split(' ').nth(1).unwrap().to_owned();
+    let Env { registry, server, http, log } = env;
+    let data = server.crash();
+    assert!(create.await.unwrap().is_err(), "the client got an answer from a crashed server");
+
+    // The restarted server destroys the half-done deployment before serving.
+    let server = Server::start_in(data, &[("CM_TEST_LOG", log.path().to_str().unwrap())]);
+    let env = Env { registry, server, http, log };
+    assert_eq!(env.log_lines("down"), vec![format!("down {identity}")]);
+    let (status, _) = env.get("/api/v1/instance/1/1").await;
+    assert_eq!(status, 404);
+    let (status, body) = env.post("/api/v1/instance", json!({"challengeId": "1", "sourceId": "1"})).await;
+    assert_eq!(status, 200, "{body}");
+}

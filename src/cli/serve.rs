@@ -25,6 +25,7 @@ pub struct Args {
 pub async fn run(args: Args) -> Result<(), Error> {
     let manager = args.data.open_manager()?;
     let shutdown = shutdown_signal().map_err(Error::Serve)?;
+    recover(&manager).await;
 
     let address = SocketAddr::new(args.listen, args.port);
     let listener = TcpListener::bind(address).await.map_err(|source| Error::Bind { address, source })?;
@@ -38,6 +39,17 @@ pub async fn run(args: Args) -> Result<(), Error> {
     crate::api::serve(listener, manager, shutdown).await.map_err(Error::Serve)?;
     info!("stopped");
     Ok(())
+}
+
+/// Settles the deployments a previous process left half done, before any
+/// request can see them. A failure is logged, not fatal: the intents stay
+/// and the next start tries again.
+async fn recover(manager: &crate::Manager) {
+    match manager.recover_interrupted().await {
+        Ok(0) => {}
+        Ok(settled) => info!(settled, "recovered interrupted deployments"),
+        Err(err) => tracing::warn!(error = %err, "failed to recover interrupted deployments"),
+    }
 }
 
 /// Registers the SIGINT and SIGTERM handlers now, so that a signal that

@@ -10,6 +10,7 @@
 //! ```text
 //! <dir>/challenges/<key(challenge id)>/challenge.json
 //! <dir>/challenges/<key(challenge id)>/instances/<key(source id)>.json
+//! <dir>/challenges/<key(challenge id)>/instances/<key(source id)>.<identity>.intent
 //! <dir>/challenges/<key(challenge id)>/state/<identity>/     CM_STATE_DIR of an instance
 //! ```
 //!
@@ -18,6 +19,7 @@
 //! read-modify-write.
 
 mod atomic;
+mod intent;
 
 use std::{
     io,
@@ -30,6 +32,7 @@ use sha2::{Digest, Sha256};
 use crate::{challenge::Challenge, instance::Instance};
 
 pub use atomic::write_atomic;
+pub use intent::{FoundIntent, Intent};
 
 /// Failure of a store operation, with the path it was working on.
 #[derive(Debug, thiserror::Error)]
