@@ -150,6 +150,10 @@ async fn main() {
     println!("machine: {} cores; samples interleaved", std::thread::available_parallelism().unwrap());
     println!();
     bench_create(&server, &http, &scenario_dir, &state_dir).await;
+    // `cargo bench --bench skeleton -- create` stops here.
+    if std::env::args().any(|arg| arg == "create") {
+        return;
+    }
     let data_dir = populate(&server, &http, &reference, &data_dir).await;
     bench_retrieve(&server, &http).await;
     drop(server);

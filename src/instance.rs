@@ -192,6 +192,7 @@ impl Manager {
     /// deployment that never completed is destroyed. Returns how many intents
     /// were settled; failures are logged and retried on the next call.
     pub async fn recover_interrupted(&self) -> Result<usize> {
+        self.store.adopt_spare_intents().await?;
         let mut settled = 0;
         for id in self.challenge_ids().await? {
             // The write lock waits for every deployment in progress in this

@@ -15,7 +15,7 @@ use crate::{
 /// Where the manager keeps its data and how it reaches registries.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Data directory: challenges, instances, packed scenarios, lock files.
+    /// Data directory: challenges, instances, packed scenarios, the lock file.
     pub data_dir: PathBuf,
     /// Extracted scenarios, keyed by digest; safe to delete at any time.
     pub cache_dir: PathBuf,
@@ -28,7 +28,7 @@ pub enum OpenError {
     #[error(transparent)]
     Store(#[from] store::Error),
 
-    #[error("failed to create the lock directory {path}")]
+    #[error("failed to create the lock file {path}")]
     Locks {
         path: PathBuf,
         #[source]
@@ -48,8 +48,8 @@ impl Manager {
     /// Opens the data directory, creating it when missing.
     pub fn open(settings: Settings) -> Result<Self, OpenError> {
         let store = Store::open(&settings.data_dir)?;
-        let lock_dir = settings.data_dir.join("locks");
-        let locks = LocalLocks::with_files(&lock_dir).map_err(|source| OpenError::Locks { path: lock_dir, source })?;
+        let lock_file = settings.data_dir.join("lock");
+        let locks = LocalLocks::with_file(&lock_file).map_err(|source| OpenError::Locks { path: lock_file, source })?;
         let scenarios = Scenarios::new(&settings.data_dir, settings.cache_dir, settings.oci);
         Ok(Self { store, locks: Locks::new(Arc::new(locks)), scenarios: Arc::new(scenarios) })
     }

@@ -20,6 +20,7 @@ use std::{
     io::Write,
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
@@ -82,7 +83,17 @@ impl Store {
         let record = self.instance_file(&instance.challenge_id, &instance.source_id);
         let content = encode(&IntentRecord { deploying: true, instance: instance.clone() });
         let padded = content.len() == SLOT;
+        let spares = Arc::clone(&self.spares);
         blocking(move || {
+            // A spare file is already on disk with the right size, so
+            // filling it needs no journal commit. The rename that claims it
+            // is not flushed: recovery adopts a filled spare it left behind.
+            if padded && spares.claim_record(&path) {
+                let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_error("open", &path))?;
+                file.write_all_at(&content, 0).and_then(|()| file.sync_data()).map_err(io_error("write", &path))?;
+                return Ok(Intent { file, path, record, padded });
+            }
+
             let mut file = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -143,6 +154,38 @@ impl Store {
                 }
             }
             Ok(found)
+        })
+        .await
+    }
+
+    /// Moves the intents left in spare files by a crash to their place, so
+    /// that [`Store::intents`] finds them. A spare whose content cannot be
+    /// parsed is removed.
+    ///
+    /// NOTE: such a torn spare names no identity, so whatever its `up`
+    /// created in the moment before the crash is not destroyed.
+    pub async fn adopt_spare_intents(&self) -> Result<usize> {
+        let store = self.clone();
+        blocking(move || {
+            let dir = store.root.join("spare");
+            let mut adopted = 0;
+            for spare in store.spares.written_records().map_err(io_error("list", &dir))? {
+                let parsed = std::fs::read(&spare)
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice::<IntentRecord>(&bytes).ok());
+                let target = parsed.map(|record| store.intent_path(&record.instance));
+                match target.filter(|target| target.parent().is_some_and(Path::exists)) {
+                    Some(target) => {
+                        std::fs::rename(&spare, &target).map_err(io_error("rename", &spare))?;
+                        adopted += 1;
+                    }
+                    None => {
+                        tracing::warn!(path = %spare.display(), "removing a spare file that holds no usable intent");
+                        remove_file_if_exists(&spare)?;
+                    }
+                }
+            }
+            Ok(adopted)
         })
         .await
     }
@@ -284,6 +327,26 @@ mod tests {
         assert!(!found[0].complete);
         assert!(found[0].instance.is_none());
         assert_eq!(found[0].identity, "0123456789abcdef");
+    }
+
+    #[tokio::test]
+    async fn filled_spare_is_adopted_after_a_lost_rename() {
+        let (dir, store) = store_with_challenge().await;
+        store.spares.make_missing().unwrap();
+        let intent = store.begin_instance(&instance("")).await.unwrap();
+
+        // Undo the claiming rename, as a crash before it reached the disk
+        // would.
+        let lost = dir.path().join("spare/record-lost");
+        std::fs::rename(&intent.path, &lost).unwrap();
+        drop(intent);
+
+        assert_eq!(store.adopt_spare_intents().await.unwrap(), 1);
+        assert!(!lost.exists());
+        let found = store.intents("c").await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].identity, "0123456789abcdef");
+        assert!(!found[0].complete);
     }
 
     #[tokio::test]

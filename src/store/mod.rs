@@ -12,6 +12,7 @@
 //! <dir>/challenges/<key(challenge id)>/instances/<key(source id)>.json
 //! <dir>/challenges/<key(challenge id)>/instances/<key(source id)>.<identity>.intent
 //! <dir>/challenges/<key(challenge id)>/state/<identity>/     CM_STATE_DIR of an instance
+//! <dir>/spare/                              files and directories made ahead of time
 //! ```
 //!
 //! `key(id)` is the first 32 hex digits of SHA-256(id). Locking is not this
@@ -20,16 +21,19 @@
 
 mod atomic;
 mod intent;
+mod spare;
 
 use std::{
     io,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 
 use crate::{challenge::Challenge, instance::Instance};
+use spare::Spares;
 
 pub use atomic::write_atomic;
 pub use intent::{FoundIntent, Intent};
@@ -68,6 +72,7 @@ pub fn key(id: &str) -> String {
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    spares: Arc<Spares>,
 }
 
 impl Store {
@@ -76,7 +81,9 @@ impl Store {
         let root = root.into();
         let challenges = root.join("challenges");
         std::fs::create_dir_all(&challenges).map_err(io_error("create", &challenges))?;
-        Ok(Self { root })
+        let spare_dir = root.join("spare");
+        let spares = Spares::open(spare_dir.clone()).map_err(io_error("open", &spare_dir))?;
+        Ok(Self { root, spares })
     }
 
     pub fn root(&self) -> &Path {
@@ -219,11 +226,21 @@ impl Store {
         blocking(move || remove_dir_if_exists(&state)).await
     }
 
-    /// Creates the state directory of a new instance.
+    /// Creates the state directory of a new instance, from a spare when
+    /// one is ready.
     pub async fn create_state_dir(&self, challenge_id: &str, identity: &str) -> Result<PathBuf> {
         let state = self.state_dir(challenge_id, identity);
         let created = state.clone();
-        blocking(move || std::fs::create_dir_all(&state).map_err(io_error("create", &state))).await?;
+        let spares = Arc::clone(&self.spares);
+        blocking(move || {
+            let parent = state.parent().expect("state directories have a parent");
+            std::fs::create_dir_all(parent).map_err(io_error("create", parent))?;
+            if !spares.claim_state(&state) {
+                std::fs::create_dir(&state).map_err(io_error("create", &state))?;
+            }
+            Ok(())
+        })
+        .await?;
         Ok(created)
     }
 
