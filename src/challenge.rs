@@ -188,8 +188,9 @@ impl Manager {
         let scenario_error = |source| Error::Scenario { reference: reference.to_owned(), source };
         let digest = self.scenarios.resolve(reference).await.map_err(scenario_error)?;
         let dir = self.scenarios.fetch(reference, &digest).await.map_err(scenario_error)?;
-        crate::runner::load(&dir)
-            .map_err(|source| Error::InvalidScenario { reference: reference.to_owned(), source })?;
+        let invalid = |source| Error::InvalidScenario { reference: reference.to_owned(), source };
+        let runner = crate::runner::load(&dir).map_err(invalid)?;
+        runner.check().await.map_err(invalid)?;
         Ok(digest)
     }
 

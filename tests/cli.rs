@@ -274,3 +274,52 @@ fn directory_scenario_with_url_asks_for_push() {
     assert!(line.contains("is a local directory"), "{line}");
     assert!(line.contains("chall-manager challenge push"), "{line}");
 }
+
+#[test]
+fn https_url_is_rejected() {
+    let output = chall_manager(&["challenge", "list", "--url", "https://127.0.0.1:1"]).output().unwrap();
+    let line = assert_one_line_error(&output);
+    assert!(line.contains("plain HTTP"), "{line}");
+}
+
+#[test]
+fn empty_url_means_local_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = chall_manager(&["challenge", "list", "--output", "json"])
+        .env("CHALL_MANAGER_URL", "")
+        .env("DIR", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "[]");
+}
+
+#[test]
+fn missing_scenario_directory_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = chall_manager(&["challenge", "create", "web", "--scenario", "./no-such-dir", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let line = assert_one_line_error(&output);
+    assert!(line.contains("scenario directory ./no-such-dir not found"), "{line}");
+}
+
+#[test]
+fn push_rejects_a_broken_scenario_before_sending() {
+    let scenario = tempfile::tempdir().unwrap();
+    std::fs::write(scenario.path().join("scenario.yaml"), "runtime: exec\nup: echo\ndwon: echo\n").unwrap();
+    // Nothing listens on this port: the command must fail before trying.
+    let reference = format!("127.0.0.1:{}/broken:v1", closed_port());
+    let output = chall_manager(&["challenge", "push"]).arg(scenario.path()).arg(&reference).output().unwrap();
+    let line = assert_one_line_error(&output);
+    assert!(line.contains("dwon"), "{line}");
+}
+
+#[test]
+fn oci_insecure_accepts_one_from_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let output =
+        chall_manager(&["challenge", "list"]).env("OCI_INSECURE", "1").env("DIR", dir.path()).output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+}

@@ -411,6 +411,18 @@ async fn scenario_without_known_layout_is_rejected() {
 }
 
 #[tokio::test]
+async fn pulumi_scenario_is_rejected_at_creation() {
+    let env = Env::start().await;
+    let scenario = env.push("pulumi", &[("Pulumi.yaml", "name: web\nruntime: go\n"), ("main.go", "package main\n")]).await;
+
+    let (status, error) = env.post("/api/v1/challenge", json!({"id": "1", "scenario": scenario})).await;
+    assert_eq!(status, 400, "{error}");
+    assert!(error["message"].as_str().unwrap().contains("not supported yet"), "{error}");
+    let (status, _) = env.get("/api/v1/challenge/1").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
 async fn instance_lifecycle_over_grpc() {
     let env = Env::start().await;
     let scenario = env.push("recorder", RECORDER).await;

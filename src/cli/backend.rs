@@ -23,7 +23,8 @@ pub enum Backend {
 impl Backend {
     /// Connects to `--url` when given, else opens the data directory.
     pub async fn open(args: &ClientArgs) -> Result<Self, Error> {
-        match &args.url {
+        // An empty CHALL_MANAGER_URL means no server, like an unset one.
+        match args.url.as_deref().filter(|url| !url.is_empty()) {
             Some(url) => Ok(Self::Remote(Box::new(Remote::connect(url).await?))),
             None => Ok(Self::Local(args.data.open_manager()?)),
         }

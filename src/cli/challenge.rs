@@ -108,6 +108,9 @@ async fn push(args: PushArgs) -> Result<(), Error> {
     let scenarios = args.data.scenarios()?;
 
     let dir = &args.scenario_dir;
+    // Catch a broken scenario.yaml now rather than at `challenge create`.
+    crate::runner::load(dir).map_err(|source| Error::InvalidScenario { dir: dir.clone(), source })?;
+
     let spinner = Spinner::start(&format!("pushing {} to {}", dir.display(), args.reference));
     let pinned = scenarios.push(dir, &args.reference).await.map_err(|source| Error::Push {
         dir: dir.clone(),
@@ -153,6 +156,11 @@ async fn create(args: CreateArgs) -> Result<(), Error> {
 async fn scenario_reference(backend: &Backend, scenario: &str) -> Result<String, Error> {
     let dir = PathBuf::from(scenario);
     if !dir.is_dir() {
+        // A path-like value cannot be a registry reference: say so rather
+        // than report a malformed reference.
+        if ["/", "./", "../", "~"].iter().any(|prefix| scenario.starts_with(prefix)) || scenario == "." {
+            return Err(Error::MissingDirectory { dir });
+        }
         return Ok(scenario.to_owned());
     }
 

@@ -46,6 +46,24 @@ pub enum Error {
     )]
     DirectoryWithServer { dir: PathBuf, url: String },
 
+    #[error("scenario directory {dir} not found; give an existing directory, or an OCI reference like registry:5000/name:tag")]
+    MissingDirectory { dir: PathBuf },
+
+    #[error("failed to listen for Ctrl-C")]
+    Signal(#[source] std::io::Error),
+
+    #[error(
+        "interrupted; an interrupted deployment is destroyed by the next `chall-manager serve` on this data directory"
+    )]
+    Interrupted,
+
+    #[error("{dir} is not a usable scenario directory: {source}")]
+    InvalidScenario {
+        dir: PathBuf,
+        #[source]
+        source: crate::runner::Error,
+    },
+
     #[error("failed to pack the scenario directory {dir}: {source}")]
     Pack {
         dir: PathBuf,

@@ -54,8 +54,34 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
 
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
-        Command::Challenge(args) => challenge::run(args).await,
-        Command::Instance(args) => instance::run(args).await,
+        Command::Challenge(args) => finish_on_interrupt(challenge::run(args)).await,
+        Command::Instance(args) => finish_on_interrupt(instance::run(args)).await,
+    }
+}
+
+/// Runs an operator command, letting a first Ctrl-C wait for it to finish.
+///
+/// Without a server, the command itself runs the scenario: exiting in the
+/// middle of `up` would leave a deployment that no record points to. A
+/// second Ctrl-C stops at once; the half-done deployment is then destroyed
+/// by the next `chall-manager serve` on this data directory.
+async fn finish_on_interrupt(command: impl Future<Output = Result<(), Error>>) -> Result<(), Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let mut interrupts = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
+    tokio::pin!(command);
+    tokio::select! {
+        result = &mut command => return result,
+        _ = interrupts.recv() => {}
+    }
+
+    eprintln!(
+        "chall-manager: finishing the operation in progress so that nothing is left running unrecorded; \
+         press Ctrl-C again to stop now"
+    );
+    tokio::select! {
+        result = &mut command => result,
+        _ = interrupts.recv() => Err(Error::Interrupted),
     }
 }
 

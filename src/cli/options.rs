@@ -31,8 +31,17 @@ pub struct DataArgs {
 /// Registry access. `Debug` hides the password.
 #[derive(clap::Args, Clone)]
 pub struct OciArgs {
-    /// Talk plain HTTP to registries instead of HTTPS
-    #[arg(long, env = "OCI_INSECURE", help_heading = "Registry")]
+    /// Talk plain HTTP to registries instead of HTTPS (the variable takes
+    /// true/false, 1/0, yes/no)
+    #[arg(
+        long,
+        env = "OCI_INSECURE",
+        help_heading = "Registry",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+    )]
     pub oci_insecure: bool,
 
     /// User name for registries that require authentication

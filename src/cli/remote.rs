@@ -16,6 +16,13 @@ use crate::{
     },
 };
 
+/// Time allowed to open the connection and finish the HTTP/2 handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Interval of HTTP/2 pings, and time allowed for their answer, while a
+/// call waits: a deployment may take minutes, but a silent server is dead.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+
 /// A connection to one server.
 pub struct Remote {
     url: String,
@@ -28,8 +35,20 @@ impl Remote {
     /// servers speak plain HTTP/2 unless a proxy in front adds TLS.
     pub async fn connect(url: &str) -> Result<Self, Error> {
         let url = if url.contains("://") { url.to_owned() } else { format!("http://{url}") };
+        if !url.starts_with("http://") {
+            let reason = "chall-manager serves plain HTTP (h2c), so the URL must start with http://; \
+                          put a TLS proxy in front of the server for TLS"
+                .to_owned();
+            return Err(Error::InvalidUrl { url, reason });
+        }
+        // A server that accepts the connection but never answers would
+        // otherwise hang the command; keepalive pings find it dead.
         let endpoint = Channel::from_shared(url.clone())
-            .map_err(|err| Error::InvalidUrl { url: url.clone(), reason: err.to_string() })?;
+            .map_err(|err| Error::InvalidUrl { url: url.clone(), reason: err.to_string() })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_INTERVAL)
+            .keep_alive_while_idle(true);
 
         let channel =
             endpoint.connect().await.map_err(|err| Error::Connect { url: url.clone(), reason: describe(&err) })?;

@@ -130,6 +130,12 @@ impl Error {
 
 #[async_trait]
 pub trait Runner: Send + Sync {
+    /// Checks, when a challenge is created or its scenario changes, that
+    /// this server can run the scenario.
+    async fn check(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// Creates or updates the instance.
     ///
     /// A failed `up` may leave resources behind: the caller runs

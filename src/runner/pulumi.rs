@@ -14,9 +14,10 @@ pub const PULUMI_FILES: [&str; 2] = ["Pulumi.yaml", "Pulumi.yml"];
 ///
 /// # Limitations
 ///
-/// Deploying is not implemented: [`Runner::up`] and [`Runner::down`] fail
-/// with [`Error::PulumiNotSupported`]. Loading succeeds so that such a
-/// scenario is reported as unsupported, not as an unrecognized directory.
+/// Deploying is not implemented: [`Runner::check`], [`Runner::up`] and
+/// [`Runner::down`] fail with [`Error::PulumiNotSupported`]. Loading
+/// succeeds so that such a scenario is reported as unsupported, not as an
+/// unrecognized directory.
 #[derive(Debug)]
 pub struct PulumiRunner {
     project_file: PathBuf,
@@ -35,6 +36,10 @@ impl PulumiRunner {
 
 #[async_trait]
 impl Runner for PulumiRunner {
+    async fn check(&self) -> Result<(), Error> {
+        Err(Error::PulumiNotSupported)
+    }
+
     async fn up(&self, _deployment: &Deployment<'_>) -> Result<Outputs, Error> {
         Err(Error::PulumiNotSupported)
     }
