@@ -246,6 +246,8 @@ impl Manager {
                 ids.push(challenge.id);
             }
         }
+        // Listings come out in id order, whatever the hashed file names.
+        ids.sort();
         Ok(ids)
     }
 

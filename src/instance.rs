@@ -173,7 +173,7 @@ impl Manager {
         intent: Option<Intent>,
     ) {
         if let Err(err) = runner.down(deployment).await {
-            warn!(error = %err, "cleanup after a failed deployment failed");
+            warn!(error = ?err.to_string(), "cleanup after a failed deployment failed");
             // The intent stays, so that recovery runs `down` again later.
             return;
         }
@@ -202,7 +202,7 @@ impl Manager {
             for intent in self.store.intents(&id).await? {
                 match self.settle_intent(&challenge, &intent).await {
                     Ok(()) => settled += 1,
-                    Err(err) => warn!(challenge_id = %id, identity = %intent.identity, error = %err, "failed to recover an interrupted deployment"),
+                    Err(err) => warn!(challenge_id = %id, identity = %intent.identity, error = ?err.to_string(), "failed to recover an interrupted deployment"),
                 }
             }
         }

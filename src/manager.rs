@@ -54,6 +54,10 @@ impl Manager {
         Ok(Self { store, locks: Locks::new(Arc::new(locks)), scenarios: Arc::new(scenarios) })
     }
 
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.store.root()
+    }
+
     pub fn scenarios(&self) -> &Scenarios {
         &self.scenarios
     }

@@ -51,13 +51,15 @@ impl ApiError {
     /// the request span the caller runs in.
     pub fn from_error(err: &Error) -> Self {
         let status = map(err);
+        // Debug-formatted, so that a scenario's stderr in the chain stays on
+        // one escaped line and cannot pass for log lines of its own.
         let chain = error_chain(err);
         match status.code {
             Code::Internal | Code::Unknown | Code::DataLoss | Code::Unavailable => {
-                error!(code = ?status.code, error = %chain, "request failed");
+                error!(code = ?status.code, error = ?chain, "request failed");
             }
-            Code::NotFound => debug!(code = ?status.code, error = %chain, "request failed"),
-            _ => info!(code = ?status.code, error = %chain, "request failed"),
+            Code::NotFound => debug!(code = ?status.code, error = ?chain, "request failed"),
+            _ => info!(code = ?status.code, error = ?chain, "request failed"),
         }
         status
     }

@@ -31,7 +31,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let listener = TcpListener::bind(address).await.map_err(|source| Error::Bind { address, source })?;
     let bound = listener.local_addr().map_err(|source| Error::Bind { address, source })?;
 
-    info!(address = %bound, "listening");
+    info!(address = %bound, data_dir = %manager.data_dir().display(), "listening");
     // A plain line on stderr for scripts and tests started with `--port 0`,
     // whatever the log level and format.
     eprintln!("listening on {bound}");
