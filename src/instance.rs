@@ -4,7 +4,7 @@
 //! scenario never sees the source id: it gets a random identity, so nothing
 //! it deploys can leak which team an instance belongs to.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use rand::RngCore;
@@ -126,29 +126,15 @@ impl Manager {
             flags: Vec::new(),
             additional,
         };
-        let state_dir = self.store.create_state_dir(&challenge_id, &identity).await?;
+        // The intent lets a restarted server destroy this deployment if the
+        // process stops before the record is written.
+        let (state_dir, intent) = self.store.begin_instance(&instance).await?;
         let merged = merge_additional(&challenge.additional, &instance.additional);
         let deployment = Deployment { scenario_dir: &scenario_dir, identity: &identity, additional: &merged, state_dir: &state_dir };
-
-        // The intent is flushed while `up` runs, which keeps the flush off
-        // the request's latency.
-        // NOTE: a crash within the first milliseconds of `up`, before the
-        // intent is on disk, leaves whatever `up` created without a record.
-        let store = self.store.clone();
-        let intent_record = instance.clone();
-        let intent = tokio::spawn(async move { store.begin_instance(&intent_record).await });
-        let deployed = runner.up(&deployment).await;
-        let intent = match intent.await.map_err(Error::from).and_then(|intent| intent.map_err(Error::from)) {
-            Ok(intent) => intent,
-            Err(err) => {
-                self.clean_failed_deployment(runner.as_ref(), &deployment, &challenge_id, None).await;
-                return Err(err);
-            }
-        };
-        let outputs = match deployed {
+        let outputs = match runner.up(&deployment).await {
             Ok(outputs) => outputs,
             Err(source) => {
-                self.clean_failed_deployment(runner.as_ref(), &deployment, &challenge_id, Some(intent)).await;
+                self.clean_failed_deployment(runner.as_ref(), &deployment, &challenge_id, intent).await;
                 return Err(Error::Deploy { action: "deployment", challenge_id, source_id, source });
             }
         };
@@ -170,7 +156,7 @@ impl Manager {
         runner: &dyn Runner,
         deployment: &Deployment<'_>,
         challenge_id: &str,
-        intent: Option<Intent>,
+        intent: Intent,
     ) {
         if let Err(err) = runner.down(deployment).await {
             warn!(error = ?err.to_string(), "cleanup after a failed deployment failed");
@@ -180,42 +166,39 @@ impl Manager {
         if let Err(err) = self.store.delete_state_dir(challenge_id, deployment.identity).await {
             warn!(error = %err, "failed to remove the state directory of a failed deployment");
         }
-        if let Some(intent) = intent {
-            if let Err(err) = self.store.abandon_instance(intent).await {
-                warn!(error = %err, "failed to remove the intent of a failed deployment");
-            }
+        if let Err(err) = self.store.abandon_instance(intent).await {
+            warn!(error = %err, "failed to remove the intent of a failed deployment");
         }
     }
 
     /// Settles the deployments that a stopped process left half done: a
     /// completed record whose rename was lost is put in place, and a
-    /// deployment that never completed is destroyed. Returns how many intents
-    /// were settled; failures are logged and retried on the next call.
+    /// deployment that never completed is destroyed. Returns how many
+    /// deployments were destroyed; failures are logged and retried on the
+    /// next call.
     pub async fn recover_interrupted(&self) -> Result<usize> {
-        self.store.adopt_spare_intents().await?;
-        let mut settled = 0;
+        let mut destroyed = 0;
         for id in self.challenge_ids().await? {
             // The write lock waits for every deployment in progress in this
-            // challenge, so the intents left are those of stopped processes.
+            // challenge, so the files left are those of stopped processes.
             let _lock = self.locks.challenge(&id, Mode::Write).await?;
             let challenge = self.load_challenge(&id).await?;
-            for intent in self.store.intents(&id).await? {
-                match self.settle_intent(&challenge, &intent).await {
-                    Ok(()) => settled += 1,
-                    Err(err) => warn!(challenge_id = %id, identity = %intent.identity, error = ?err.to_string(), "failed to recover an interrupted deployment"),
+            for intent in self.store.settle_files(&id).await? {
+                match self.destroy_interrupted(&challenge, &intent).await {
+                    Ok(()) => destroyed += 1,
+                    Err(err) => warn!(
+                        challenge_id = %id,
+                        identity = %intent.identity,
+                        error = ?err.to_string(),
+                        "failed to destroy an interrupted deployment"
+                    ),
                 }
             }
         }
-        Ok(settled)
+        Ok(destroyed)
     }
 
-    async fn settle_intent(&self, challenge: &Challenge, intent: &crate::store::FoundIntent) -> Result<()> {
-        if intent.complete {
-            self.store.roll_forward(intent).await?;
-            info!(challenge_id = %challenge.id, identity = %intent.identity, "recovered the record of an instance");
-            return Ok(());
-        }
-
+    async fn destroy_interrupted(&self, challenge: &Challenge, intent: &crate::store::FoundIntent) -> Result<()> {
         let (runner, scenario_dir) = self.load_runner(challenge).await?;
         let instance_additional = intent.instance.as_ref().map(|instance| instance.additional.clone()).unwrap_or_default();
         let merged = merge_additional(&challenge.additional, &instance_additional);
@@ -235,14 +218,21 @@ impl Manager {
     }
 
     /// Fetches the pinned scenario of a challenge and picks its runner.
-    async fn load_runner(&self, challenge: &Challenge) -> Result<(Box<dyn Runner>, std::path::PathBuf)> {
+    async fn load_runner(&self, challenge: &Challenge) -> Result<(Arc<dyn Runner>, std::path::PathBuf)> {
         let reference = &challenge.scenario;
         let dir = self
             .scenarios
             .fetch(reference, &challenge.digest)
             .await
             .map_err(|source| Error::Scenario { reference: reference.clone(), source })?;
-        let runner = runner::load(&dir).map_err(|source| Error::InvalidScenario { reference: reference.clone(), source })?;
+
+        if let Some(runner) = self.runners.lock().expect("runner cache poisoned").get(&dir) {
+            return Ok((Arc::clone(runner), dir));
+        }
+        let runner: Arc<dyn Runner> = runner::load(&dir)
+            .map_err(|source| Error::InvalidScenario { reference: reference.clone(), source })?
+            .into();
+        self.runners.lock().expect("runner cache poisoned").insert(dir.clone(), Arc::clone(&runner));
         Ok((runner, dir))
     }
 

@@ -4,10 +4,15 @@
 //! commands build one over the same data directory when they run without a
 //! server, so both run the same code under the same locks.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
 
 use crate::{
     lock::{Locks, local::LocalLocks},
+    runner::Runner,
     scenario::{OciSettings, Scenarios},
     store::{self, Store},
 };
@@ -42,6 +47,9 @@ pub struct Manager {
     pub(crate) store: Store,
     pub(crate) locks: Locks,
     pub(crate) scenarios: Arc<Scenarios>,
+    /// Runners by scenario directory. Directories are named after the
+    /// digest of their content, so an entry never goes stale.
+    pub(crate) runners: Arc<Mutex<HashMap<PathBuf, Arc<dyn Runner>>>>,
 }
 
 impl Manager {
@@ -51,7 +59,12 @@ impl Manager {
         let lock_file = settings.data_dir.join("lock");
         let locks = LocalLocks::with_file(&lock_file).map_err(|source| OpenError::Locks { path: lock_file, source })?;
         let scenarios = Scenarios::new(&settings.data_dir, settings.cache_dir, settings.oci);
-        Ok(Self { store, locks: Locks::new(Arc::new(locks)), scenarios: Arc::new(scenarios) })
+        Ok(Self {
+            store,
+            locks: Locks::new(Arc::new(locks)),
+            scenarios: Arc::new(scenarios),
+            runners: Arc::default(),
+        })
     }
 
     pub fn data_dir(&self) -> &std::path::Path {

@@ -1,19 +1,24 @@
-//! Intent files: how a new instance record becomes durable without an
-//! extra flush after the deployment.
+//! How a new instance becomes durable without an extra journal commit on
+//! the request's path, and how a crash during a deployment is recovered.
 //!
-//! Before `up` ends, an intent file `instances/<key(source id)>.<identity>.intent`
-//! is written and flushed. It holds the instance record marked as
-//! deploying, padded with spaces to [`SLOT`] bytes. When `up` succeeds, the
-//! final record overwrites the same bytes (no size change, so `fdatasync`
-//! flushes data only and needs no journal commit), then the file is renamed
-//! to the record's name. The rename is not flushed: if a crash loses it,
-//! recovery finds the completed intent and renames it again.
+//! A deployment writes two files, both renamed from spares (see
+//! [`super::spare`]), whose blocks are already on disk, so that writing
+//! them with `fdatasync` flushes data only:
 //!
-//! After a crash, an intent that still says "deploying", or that cannot be
-//! parsed because its last write was torn, belongs to a deployment whose
-//! client never got an answer: recovery runs `down` for its identity and
-//! removes it. The identity is in the file name so that even a torn file
-//! names what to destroy.
+//! - before `up`, the *intent* `instances/<key(source)>.<identity>.intent`
+//!   holds the instance record marked as deploying. It is flushed in the
+//!   background while `up` runs, and removed once the record is in place;
+//! - after `up`, the final record is written to
+//!   `instances/<key(source)>.<identity>.commit`, flushed, then renamed to
+//!   `instances/<key(source)>.json`. The renames are not flushed.
+//!
+//! After a crash, [`Store::settle_files`] finishes what it can: a complete
+//! `.commit` file (or a spare holding one) is renamed into place, since its
+//! client may have been answered. An intent whose record is in place is
+//! removed. An intent left without its record belongs to a deployment whose
+//! client got no answer: the caller destroys it (runs `down`), then removes
+//! it. Identities are in the file names, so even a torn file names what to
+//! destroy.
 
 use std::{
     fs::{File, OpenOptions},
@@ -24,193 +29,207 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
-use super::{Result, Store, atomic, blocking, io_error, key, remove_file_if_exists, write_json};
+use super::{Result, Store, atomic, blocking, io_error, key, read_json, remove_file_if_exists};
 use crate::instance::Instance;
 
-/// Size the intent is padded to. A record that does not fit is committed
-/// with a regular atomic write instead.
+/// Size of spare files, which records are padded to with spaces that JSON
+/// parsers skip. A record that does not fit is written the slow way.
 pub const SLOT: usize = 4096;
 
-const EXTENSION: &str = "intent";
+const INTENT: &str = "intent";
+const COMMIT: &str = "commit";
 
-/// Content of an intent file.
+/// Content of an intent or commit file.
 #[derive(Serialize, Deserialize)]
-struct IntentRecord {
-    /// Whether `up` is still running (or was, when the process stopped).
+struct Record {
+    /// Whether `up` was still running when this was written.
     #[serde(default)]
     deploying: bool,
     #[serde(flatten)]
     instance: Instance,
 }
 
-/// An intent on disk for a deployment in progress.
+/// The intent of a deployment in progress.
 #[must_use = "commit or abandon the intent, or recovery will destroy the deployment"]
 pub struct Intent {
-    file: File,
     path: PathBuf,
-    record: PathBuf,
-    /// Whether the file is exactly [`SLOT`] bytes long.
-    padded: bool,
 }
 
-/// An intent file found by recovery.
+/// An intent left by a stopped process, whose deployment must be destroyed.
 #[derive(Debug)]
 pub struct FoundIntent {
     pub path: PathBuf,
-    /// Directory of the records, where the final record goes.
-    pub record: PathBuf,
     pub identity: String,
     /// The record it holds: `None` when the file cannot be parsed.
     pub instance: Option<Instance>,
-    /// Whether the record is complete, i.e. `up` had succeeded.
-    pub complete: bool,
 }
 
 impl Store {
-    fn intent_path(&self, instance: &Instance) -> PathBuf {
+    fn deployment_file(&self, instance: &Instance, extension: &str) -> PathBuf {
         self.instances_dir(&instance.challenge_id).join(format!(
-            "{}.{}.{EXTENSION}",
+            "{}.{}.{extension}",
             key(&instance.source_id),
             instance.identity
         ))
     }
 
-    /// Writes and flushes the intent of a new instance, marked as
-    /// deploying.
-    pub async fn begin_instance(&self, instance: &Instance) -> Result<Intent> {
-        let path = self.intent_path(instance);
-        let record = self.instance_file(&instance.challenge_id, &instance.source_id);
-        let content = encode(&IntentRecord { deploying: true, instance: instance.clone() });
-        let padded = content.len() == SLOT;
+    /// Creates the state directory of a new instance and writes its intent,
+    /// in one trip to a blocking thread. The intent is flushed in the
+    /// background: `up` may start before it is on disk.
+    ///
+    /// NOTE: a crash in the first moments of `up`, before the flush ends,
+    /// leaves whatever `up` created without an intent to destroy it.
+    pub async fn begin_instance(&self, instance: &Instance) -> Result<(PathBuf, Intent)> {
+        let state = self.state_dir(&instance.challenge_id, &instance.identity);
+        let path = self.deployment_file(instance, INTENT);
+        let content = encode(&Record { deploying: true, instance: instance.clone() });
         let spares = Arc::clone(&self.spares);
         blocking(move || {
-            // A spare file is already on disk with the right size, so
-            // filling it needs no journal commit. The rename that claims it
-            // is not flushed: recovery adopts a filled spare it left behind.
-            if padded && spares.claim_record(&path) {
-                let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_error("open", &path))?;
-                file.write_all_at(&content, 0).and_then(|()| file.sync_data()).map_err(io_error("write", &path))?;
-                return Ok(Intent { file, path, record, padded });
+            let parent = state.parent().expect("state directories have a parent");
+            std::fs::create_dir_all(parent).map_err(io_error("create", parent))?;
+            if !spares.claim_state(&state) {
+                std::fs::create_dir(&state).map_err(io_error("create", &state))?;
             }
 
-            let mut file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .map_err(io_error("create", &path))?;
-            file.write_all(&content).and_then(|()| file.sync_all()).map_err(io_error("write", &path))?;
-            let dir = path.parent().expect("intent files live in a directory");
-            atomic::sync_dir(dir).map_err(io_error("sync", dir))?;
-            Ok(Intent { file, path, record, padded })
+            let file = write_file(&spares, &path, &content, false)?;
+            let flushed = path.clone();
+            let flush = move || {
+                if let Err(err) = file.sync_data() {
+                    warn!(path = %flushed.display(), error = %err, "failed to flush an intent");
+                }
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(flush)),
+                Err(_) => flush(),
+            }
+            Ok((state, Intent { path }))
         })
         .await
     }
 
-    /// Makes the final record of a deployed instance durable and visible.
+    /// Makes the final record of a deployed instance durable and visible,
+    /// then drops its intent.
     pub async fn commit_instance(&self, intent: Intent, instance: &Instance) -> Result<()> {
-        let content = encode(&IntentRecord { deploying: false, instance: instance.clone() });
-        let fallback = instance.clone();
+        let commit = self.deployment_file(instance, COMMIT);
+        let record = self.instance_file(&instance.challenge_id, &instance.source_id);
+        let content = encode(&Record { deploying: false, instance: instance.clone() });
+        let spares = Arc::clone(&self.spares);
         blocking(move || {
-            let Intent { file, path, record, padded } = intent;
-            if !padded || content.len() != SLOT {
-                // A record larger than the slot: a regular atomic write,
-                // after which the intent can go.
-                write_json(&record, &fallback)?;
-                return remove_file_if_exists(&path);
-            }
-
-            file.write_all_at(&content, 0).and_then(|()| file.sync_data()).map_err(io_error("write", &path))?;
-            std::fs::rename(&path, &record).map_err(io_error("rename", &path))
+            write_file(&spares, &commit, &content, true)?;
+            std::fs::rename(&commit, &record).map_err(io_error("rename", &commit))?;
+            remove_file_if_exists(&intent.path)
         })
         .await
     }
 
     /// Removes the intent of a deployment that failed and was cleaned up.
     pub async fn abandon_instance(&self, intent: Intent) -> Result<()> {
-        let path = intent.path.clone();
-        drop(intent);
-        blocking(move || remove_file_if_exists(&path)).await
+        blocking(move || remove_file_if_exists(&intent.path)).await
     }
 
-    /// Lists the intents left in a challenge by processes that stopped
-    /// during a deployment. The caller must hold the challenge's lock in
-    /// write mode, or it may list the intents of deployments in progress.
-    pub async fn intents(&self, challenge_id: &str) -> Result<Vec<FoundIntent>> {
+    /// Finishes what a crash left in a challenge's files: adopts filled
+    /// spares, puts complete records in place, drops intents whose record
+    /// is in place. Returns the intents whose deployment must be destroyed.
+    /// The caller holds the challenge's lock in write mode, so no
+    /// deployment of this challenge is in progress.
+    pub async fn settle_files(&self, challenge_id: &str) -> Result<Vec<FoundIntent>> {
+        let store = self.clone();
         let dir = self.instances_dir(challenge_id);
+        let challenge_key = crate::store::key(challenge_id);
         blocking(move || {
+            store.adopt_spares(&challenge_key)?;
             let entries = match std::fs::read_dir(&dir) {
-                Ok(entries) => entries,
+                Ok(entries) => entries.collect::<Result<Vec<_>, _>>().map_err(io_error("list", &dir))?,
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
                 Err(err) => return Err(io_error("list", &dir)(err)),
             };
+            let paths: Vec<PathBuf> = entries.iter().map(|entry| entry.path()).collect();
 
-            let mut found = Vec::new();
-            for entry in entries {
-                let path = entry.map_err(io_error("list", &dir))?.path();
-                if let Some(intent) = read_intent(&path)? {
-                    found.push(intent);
+            for path in paths.iter().filter(|path| has_extension(path, COMMIT)) {
+                match read_record(path).filter(|record| !record.deploying) {
+                    Some(_) => {
+                        let (source_key, _) = split_name(path).expect("filtered on the extension");
+                        let record = dir.join(format!("{source_key}.json"));
+                        std::fs::rename(path, &record).map_err(io_error("rename", path))?;
+                    }
+                    None => remove_file_if_exists(path)?,
                 }
             }
-            Ok(found)
-        })
-        .await
-    }
 
-    /// Moves the intents left in spare files by a crash to their place, so
-    /// that [`Store::intents`] finds them. A spare whose content cannot be
-    /// parsed is removed.
-    ///
-    /// NOTE: such a torn spare names no identity, so whatever its `up`
-    /// created in the moment before the crash is not destroyed.
-    pub async fn adopt_spare_intents(&self) -> Result<usize> {
-        let store = self.clone();
-        blocking(move || {
-            let dir = store.root.join("spare");
-            let mut adopted = 0;
-            for spare in store.spares.written_records().map_err(io_error("list", &dir))? {
-                let parsed = std::fs::read(&spare)
-                    .ok()
-                    .and_then(|bytes| serde_json::from_slice::<IntentRecord>(&bytes).ok());
-                let target = parsed.map(|record| store.intent_path(&record.instance));
-                match target.filter(|target| target.parent().is_some_and(Path::exists)) {
-                    Some(target) => {
-                        std::fs::rename(&spare, &target).map_err(io_error("rename", &spare))?;
-                        adopted += 1;
-                    }
-                    None => {
-                        tracing::warn!(path = %spare.display(), "removing a spare file that holds no usable intent");
-                        remove_file_if_exists(&spare)?;
-                    }
+            let mut left = Vec::new();
+            for path in paths.iter().filter(|path| has_extension(path, INTENT)) {
+                let (source_key, identity) = split_name(path).expect("filtered on the extension");
+                let committed: Option<Instance> = read_json(&dir.join(format!("{source_key}.json")))?;
+                if committed.is_some_and(|instance| instance.identity == identity) {
+                    remove_file_if_exists(path)?;
+                    continue;
                 }
+                let instance = read_record(path).map(|record| record.instance);
+                left.push(FoundIntent { path: path.clone(), identity: identity.to_owned(), instance });
             }
-            Ok(adopted)
+            atomic::sync_dir(&dir).map_err(io_error("sync", &dir))?;
+            Ok(left)
         })
         .await
     }
 
-    /// Completes the commit of an intent whose rename was lost.
-    pub async fn roll_forward(&self, intent: &FoundIntent) -> Result<()> {
-        let (path, record) = (intent.path.clone(), intent.record.clone());
-        blocking(move || {
-            std::fs::rename(&path, &record).map_err(io_error("rename", &path))?;
-            let dir = record.parent().expect("records live in a directory");
-            atomic::sync_dir(dir).map_err(io_error("sync", dir))
-        })
-        .await
+    /// Moves the spares of this challenge that hold a record (their
+    /// claiming rename was lost) to the file they were claimed as.
+    fn adopt_spares(&self, challenge_key: &str) -> Result<()> {
+        let spare_dir = self.root.join("spare");
+        for spare in self.spares.written_records().map_err(io_error("list", &spare_dir))? {
+            let Some(record) = read_record(&spare) else {
+                // NOTE: a torn spare names no identity, so whatever its `up`
+                // created just before the crash is not destroyed.
+                warn!(path = %spare.display(), "removing a spare file that holds no usable record");
+                remove_file_if_exists(&spare)?;
+                continue;
+            };
+            if key(&record.instance.challenge_id) != challenge_key {
+                continue;
+            }
+            let extension = if record.deploying { INTENT } else { COMMIT };
+            let target = self.deployment_file(&record.instance, extension);
+            std::fs::rename(&spare, &target).map_err(io_error("rename", &spare))?;
+        }
+        Ok(())
     }
 
-    /// Removes an intent file found by recovery.
+    /// Removes an intent whose deployment was destroyed.
     pub async fn remove_intent(&self, intent: &FoundIntent) -> Result<()> {
         let path = intent.path.clone();
         blocking(move || remove_file_if_exists(&path)).await
     }
 }
 
-/// Serializes an intent, padded to [`SLOT`] bytes when it fits, with
-/// spaces that JSON parsers skip.
-fn encode(record: &IntentRecord) -> Vec<u8> {
+/// Writes `content` to a new file at `path`: into a claimed spare when the
+/// content fits one, else into a freshly created file. With `durable`, the
+/// content is flushed before returning; a fresh file is then flushed with
+/// its directory entry.
+fn write_file(spares: &Arc<super::spare::Spares>, path: &Path, content: &[u8], durable: bool) -> Result<File> {
+    if content.len() == SLOT && spares.claim_record(path) {
+        let file = OpenOptions::new().write(true).open(path).map_err(io_error("open", path))?;
+        file.write_all_at(content, 0).map_err(io_error("write", path))?;
+        if durable {
+            file.sync_data().map_err(io_error("write", path))?;
+        }
+        return Ok(file);
+    }
+
+    let mut file = OpenOptions::new().write(true).create_new(true).open(path).map_err(io_error("create", path))?;
+    file.write_all(content).map_err(io_error("write", path))?;
+    if durable {
+        file.sync_all().map_err(io_error("write", path))?;
+        let dir = path.parent().expect("records live in a directory");
+        atomic::sync_dir(dir).map_err(io_error("sync", dir))?;
+    }
+    Ok(file)
+}
+
+/// Serializes a record, padded to [`SLOT`] bytes when it fits.
+fn encode(record: &Record) -> Vec<u8> {
     let mut content = serde_json::to_vec(record).expect("records always serialize");
     content.push(b'\n');
     if content.len() < SLOT {
@@ -219,20 +238,18 @@ fn encode(record: &IntentRecord) -> Vec<u8> {
     content
 }
 
-fn read_intent(path: &Path) -> Result<Option<FoundIntent>> {
-    let Some(name) = path.file_name().and_then(|name| name.to_str()) else { return Ok(None) };
-    let Some(stem) = name.strip_suffix(&format!(".{EXTENSION}")) else { return Ok(None) };
-    let Some((source_key, identity)) = stem.split_once('.') else { return Ok(None) };
+fn read_record(path: &Path) -> Option<Record> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
 
-    let bytes = std::fs::read(path).map_err(io_error("read", path))?;
-    let parsed: Option<IntentRecord> = serde_json::from_slice(&bytes).ok();
-    Ok(Some(FoundIntent {
-        path: path.to_path_buf(),
-        record: path.with_file_name(format!("{source_key}.json")),
-        identity: identity.to_owned(),
-        complete: parsed.as_ref().is_some_and(|record| !record.deploying),
-        instance: parsed.map(|record| record.instance),
-    }))
+fn has_extension(path: &Path, extension: &str) -> bool {
+    path.extension().is_some_and(|found| found == extension)
+}
+
+/// Splits `<source key>.<identity>.<extension>`.
+fn split_name(path: &Path) -> Option<(&str, &str)> {
+    path.file_stem()?.to_str()?.split_once('.')
 }
 
 #[cfg(test)]
@@ -275,88 +292,94 @@ mod tests {
         }
     }
 
+    fn file_names(store: &Store) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(store.instances_dir("c"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     #[tokio::test]
     async fn commit_makes_the_record_visible() {
         let (_dir, store) = store_with_challenge().await;
-        let intent = store.begin_instance(&instance("")).await.unwrap();
+        let (state, intent) = store.begin_instance(&instance("")).await.unwrap();
+        assert!(state.is_dir());
         assert_eq!(store.load_instance("c", "s").await.unwrap(), None, "visible before commit");
 
         store.commit_instance(intent, &instance("nc host 1")).await.unwrap();
         let loaded = store.load_instance("c", "s").await.unwrap().expect("committed record");
         assert_eq!(loaded.connection_info, "nc host 1");
-        assert!(store.intents("c").await.unwrap().is_empty(), "the intent is left after commit");
+        assert_eq!(file_names(&store), vec![format!("{}.json", key("s"))], "files left after commit");
     }
 
     #[tokio::test]
-    async fn uncommitted_intent_is_found_as_deploying() {
+    async fn uncommitted_intent_is_left_to_destroy() {
         let (_dir, store) = store_with_challenge().await;
-        let intent = store.begin_instance(&instance("")).await.unwrap();
-        drop(intent);
+        let (_state, _intent) = store.begin_instance(&instance("")).await.unwrap();
 
-        let found = store.intents("c").await.unwrap();
-        assert_eq!(found.len(), 1);
-        assert!(!found[0].complete);
-        assert_eq!(found[0].identity, "0123456789abcdef");
-        assert_eq!(found[0].instance.as_ref().map(|i| i.source_id.as_str()), Some("s"));
+        let left = store.settle_files("c").await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].identity, "0123456789abcdef");
+        assert_eq!(left[0].instance.as_ref().map(|i| i.source_id.as_str()), Some("s"));
     }
 
     #[tokio::test]
-    async fn complete_intent_rolls_forward() {
+    async fn complete_commit_file_rolls_forward() {
         let (_dir, store) = store_with_challenge().await;
-        let intent = store.begin_instance(&instance("")).await.unwrap();
+        let (_state, intent) = store.begin_instance(&instance("")).await.unwrap();
+        let intent_copy = std::fs::read(&intent.path).unwrap();
         let intent_path = intent.path.clone();
         store.commit_instance(intent, &instance("nc host 1")).await.unwrap();
 
-        // Undo the rename, as a crash before it reached the disk would.
+        // Undo the last rename and the intent's removal, as a crash before
+        // they reached the disk would.
         let record = store.instance_file("c", "s");
-        std::fs::rename(&record, &intent_path).unwrap();
+        std::fs::rename(&record, store.deployment_file(&instance(""), COMMIT)).unwrap();
+        std::fs::write(&intent_path, intent_copy).unwrap();
 
-        let found = store.intents("c").await.unwrap();
-        assert!(found[0].complete);
-        store.roll_forward(&found[0]).await.unwrap();
+        assert!(store.settle_files("c").await.unwrap().is_empty(), "a committed deployment is left to destroy");
         assert_eq!(store.load_instance("c", "s").await.unwrap().unwrap().connection_info, "nc host 1");
+        assert_eq!(file_names(&store), vec![format!("{}.json", key("s"))]);
     }
 
     #[tokio::test]
     async fn torn_intent_names_its_identity() {
         let (_dir, store) = store_with_challenge().await;
-        let intent = store.begin_instance(&instance("")).await.unwrap();
-        std::fs::write(&intent.path, b"{\"deploying\":fal").unwrap();
+        let (_state, intent) = store.begin_instance(&instance("")).await.unwrap();
+        std::fs::write(&intent.path, b"{\"deploying\":tr").unwrap();
 
-        let found = store.intents("c").await.unwrap();
-        assert!(!found[0].complete);
-        assert!(found[0].instance.is_none());
-        assert_eq!(found[0].identity, "0123456789abcdef");
+        let left = store.settle_files("c").await.unwrap();
+        assert!(left[0].instance.is_none());
+        assert_eq!(left[0].identity, "0123456789abcdef");
     }
 
     #[tokio::test]
     async fn filled_spare_is_adopted_after_a_lost_rename() {
         let (dir, store) = store_with_challenge().await;
         store.spares.make_missing().unwrap();
-        let intent = store.begin_instance(&instance("")).await.unwrap();
+        let (_state, intent) = store.begin_instance(&instance("")).await.unwrap();
 
         // Undo the claiming rename, as a crash before it reached the disk
         // would.
         let lost = dir.path().join("spare/record-lost");
         std::fs::rename(&intent.path, &lost).unwrap();
-        drop(intent);
 
-        assert_eq!(store.adopt_spare_intents().await.unwrap(), 1);
+        let left = store.settle_files("c").await.unwrap();
         assert!(!lost.exists());
-        let found = store.intents("c").await.unwrap();
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].identity, "0123456789abcdef");
-        assert!(!found[0].complete);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].identity, "0123456789abcdef");
     }
 
     #[tokio::test]
     async fn record_larger_than_the_slot_is_committed() {
         let (_dir, store) = store_with_challenge().await;
-        let intent = store.begin_instance(&instance("")).await.unwrap();
+        let (_state, intent) = store.begin_instance(&instance("")).await.unwrap();
         let long = "x".repeat(SLOT * 2);
 
         store.commit_instance(intent, &instance(&long)).await.unwrap();
         assert_eq!(store.load_instance("c", "s").await.unwrap().unwrap().connection_info, long);
-        assert!(store.intents("c").await.unwrap().is_empty());
+        assert!(store.settle_files("c").await.unwrap().is_empty());
     }
 }

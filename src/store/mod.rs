@@ -10,7 +10,8 @@
 //! ```text
 //! <dir>/challenges/<key(challenge id)>/challenge.json
 //! <dir>/challenges/<key(challenge id)>/instances/<key(source id)>.json
-//! <dir>/challenges/<key(challenge id)>/instances/<key(source id)>.<identity>.intent
+//! <dir>/challenges/<key(challenge id)>/instances/<key(source id)>.<identity>.intent   (see `intent`)
+//! <dir>/challenges/<key(challenge id)>/instances/<key(source id)>.<identity>.commit
 //! <dir>/challenges/<key(challenge id)>/state/<identity>/     CM_STATE_DIR of an instance
 //! <dir>/spare/                              files and directories made ahead of time
 //! ```
@@ -139,9 +140,13 @@ impl Store {
     }
 
     /// Loads a challenge, or `None` when it does not exist.
+    ///
+    /// Records are read inline, without a trip to a blocking thread: a
+    /// record is a few KiB that the page cache usually holds, and the trip
+    /// costs more than the read. On a slow network volume, a read holds one
+    /// runtime worker for its duration.
     pub async fn load_challenge(&self, challenge_id: &str) -> Result<Option<Challenge>> {
-        let file = self.challenge_file(challenge_id);
-        blocking(move || read_json(&file)).await
+        read_json(&self.challenge_file(challenge_id))
     }
 
     /// Replaces the record of an existing challenge.
@@ -192,10 +197,10 @@ impl Store {
         blocking(move || read_json(&file)).await
     }
 
-    /// Loads the instance of a source, or `None` when it has none.
+    /// Loads the instance of a source, or `None` when it has none. Read
+    /// inline, like [`Store::load_challenge`].
     pub async fn load_instance(&self, challenge_id: &str, source_id: &str) -> Result<Option<Instance>> {
-        let file = self.instance_file(challenge_id, source_id);
-        blocking(move || read_json(&file)).await
+        read_json(&self.instance_file(challenge_id, source_id))
     }
 
     /// Creates or replaces the record of an instance.
@@ -224,24 +229,6 @@ impl Store {
     pub async fn delete_state_dir(&self, challenge_id: &str, identity: &str) -> Result<()> {
         let state = self.state_dir(challenge_id, identity);
         blocking(move || remove_dir_if_exists(&state)).await
-    }
-
-    /// Creates the state directory of a new instance, from a spare when
-    /// one is ready.
-    pub async fn create_state_dir(&self, challenge_id: &str, identity: &str) -> Result<PathBuf> {
-        let state = self.state_dir(challenge_id, identity);
-        let created = state.clone();
-        let spares = Arc::clone(&self.spares);
-        blocking(move || {
-            let parent = state.parent().expect("state directories have a parent");
-            std::fs::create_dir_all(parent).map_err(io_error("create", parent))?;
-            if !spares.claim_state(&state) {
-                std::fs::create_dir(&state).map_err(io_error("create", &state))?;
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(created)
     }
 
     /// Loads every instance of a challenge, sorted by source id.

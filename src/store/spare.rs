@@ -80,7 +80,12 @@ impl Spares {
                 break true;
             }
         };
-        self.refill();
+
+        // Refilling in batches keeps the flushes of new spares away from
+        // most deployments.
+        if pool.lock().expect("spare pool poisoned").len() < READY / 2 {
+            self.refill();
+        }
         claimed
     }
 
@@ -101,14 +106,22 @@ impl Spares {
     }
 
     pub(super) fn make_missing(&self) -> io::Result<()> {
-        while self.records.lock().expect("spare pool poisoned").len() < READY {
+        // Files are written first and flushed afterwards, so that the first
+        // flush commits every new inode in one journal transaction.
+        let missing = READY.saturating_sub(self.records.lock().expect("spare pool poisoned").len());
+        let mut made = Vec::with_capacity(missing);
+        for _ in 0..missing {
             let path = self.new_name(RECORD_PREFIX);
             let mut file = OpenOptions::new().write(true).create_new(true).open(&path)?;
             file.write_all(&[b' '; SLOT])?;
-            file.sync_all()?;
-            atomic::sync_dir(&self.dir)?;
-            self.records.lock().expect("spare pool poisoned").push(path);
+            made.push((path, file));
         }
+        for (_, file) in &made {
+            file.sync_all()?;
+        }
+        atomic::sync_dir(&self.dir)?;
+        self.records.lock().expect("spare pool poisoned").extend(made.into_iter().map(|(path, _)| path));
+
         while self.states.lock().expect("spare pool poisoned").len() < READY {
             let path = self.new_name(STATE_PREFIX);
             std::fs::create_dir(&path)?;
