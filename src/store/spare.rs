@@ -26,11 +26,12 @@ use std::{
 use rand::Rng;
 use tracing::warn;
 
-use super::{atomic, intent::SLOT};
+use super::intent::SLOT;
 
-/// Spares of each kind kept ready; enough for that many deployments
-/// starting at once before creates fall back to making inodes themselves.
-const READY: usize = 8;
+/// Spares of each kind kept ready. A deployment takes two record files
+/// and one directory; the pool is refilled when half empty, so one batch
+/// serves about eight deployments.
+const READY: usize = 32;
 
 const RECORD_PREFIX: &str = "record-";
 const STATE_PREFIX: &str = "state-";
@@ -106,21 +107,20 @@ impl Spares {
     }
 
     pub(super) fn make_missing(&self) -> io::Result<()> {
-        // Files are written first and flushed afterwards, so that the first
-        // flush commits every new inode in one journal transaction.
+        // One syncfs for the whole batch: every flush is a cache flush of
+        // the disk, which the flushes of deployments would queue behind.
         let missing = READY.saturating_sub(self.records.lock().expect("spare pool poisoned").len());
         let mut made = Vec::with_capacity(missing);
         for _ in 0..missing {
             let path = self.new_name(RECORD_PREFIX);
             let mut file = OpenOptions::new().write(true).create_new(true).open(&path)?;
             file.write_all(&[b' '; SLOT])?;
-            made.push((path, file));
+            made.push(path);
         }
-        for (_, file) in &made {
-            file.sync_all()?;
+        if !made.is_empty() {
+            rustix::fs::syncfs(std::fs::File::open(&self.dir)?)?;
         }
-        atomic::sync_dir(&self.dir)?;
-        self.records.lock().expect("spare pool poisoned").extend(made.into_iter().map(|(path, _)| path));
+        self.records.lock().expect("spare pool poisoned").extend(made);
 
         while self.states.lock().expect("spare pool poisoned").len() < READY {
             let path = self.new_name(STATE_PREFIX);
