@@ -171,46 +171,75 @@ impl Manager {
         }
     }
 
-    /// Settles the deployments that a stopped process left half done: a
-    /// completed record whose rename was lost is put in place, and a
-    /// deployment that never completed is destroyed. Returns how many
-    /// deployments were destroyed; failures are logged and retried on the
+    /// Settles the deployments that a stopped process left half done.
+    /// A deployment whose record is missing runs `up` again (its client may
+    /// have been answered already) and gets its record; one whose intent is
+    /// torn, so that its source is unknown, is destroyed. Returns how many
+    /// deployments were settled; failures are logged and retried on the
     /// next call.
     pub async fn recover_interrupted(&self) -> Result<usize> {
-        let mut destroyed = 0;
+        let mut settled = 0;
         for id in self.challenge_ids().await? {
             // The write lock waits for every deployment in progress in this
             // challenge, so the files left are those of stopped processes.
             let _lock = self.locks.challenge(&id, Mode::Write).await?;
             let challenge = self.load_challenge(&id).await?;
             for intent in self.store.settle_files(&id).await? {
-                match self.destroy_interrupted(&challenge, &intent).await {
-                    Ok(()) => destroyed += 1,
+                match self.finish_interrupted(&challenge, &intent).await {
+                    Ok(()) => settled += 1,
                     Err(err) => warn!(
                         challenge_id = %id,
                         identity = %intent.identity,
                         error = ?err.to_string(),
-                        "failed to destroy an interrupted deployment"
+                        "failed to settle an interrupted deployment"
                     ),
                 }
             }
         }
-        Ok(destroyed)
+        Ok(settled)
     }
 
-    async fn destroy_interrupted(&self, challenge: &Challenge, intent: &crate::store::FoundIntent) -> Result<()> {
+    async fn finish_interrupted(&self, challenge: &Challenge, intent: &crate::store::FoundIntent) -> Result<()> {
         let (runner, scenario_dir) = self.load_runner(challenge).await?;
+        let state_dir = self.store.state_dir(&challenge.id, &intent.identity);
         let instance_additional = intent.instance.as_ref().map(|instance| instance.additional.clone()).unwrap_or_default();
         let merged = merge_additional(&challenge.additional, &instance_additional);
-        let state_dir = self.store.state_dir(&challenge.id, &intent.identity);
         let deployment = Deployment { scenario_dir: &scenario_dir, identity: &intent.identity, additional: &merged, state_dir: &state_dir };
-        runner.down(&deployment).await.map_err(|source| Error::Deploy {
+
+        // A torn intent names no source, so no record can be written.
+        let Some(recorded) = &intent.instance else {
+            return self.destroy_interrupted(runner.as_ref(), &deployment, challenge, intent).await;
+        };
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|source| crate::store::Error::Io { action: "create", path: state_dir.clone(), source })?;
+        let outputs = match runner.up(&deployment).await {
+            Ok(outputs) => outputs,
+            Err(err) => {
+                warn!(challenge_id = %challenge.id, identity = %intent.identity, error = ?err.to_string(), "an interrupted deployment failed again");
+                return self.destroy_interrupted(runner.as_ref(), &deployment, challenge, intent).await;
+            }
+        };
+
+        let instance = Instance { connection_info: outputs.connection_info, flags: outputs.flags, ..recorded.clone() };
+        self.store.save_instance(&instance).await?;
+        self.store.remove_intent(intent).await?;
+        info!(challenge_id = %challenge.id, source_id = %instance.source_id, identity = %intent.identity, "finished an interrupted deployment");
+        Ok(())
+    }
+
+    async fn destroy_interrupted(
+        &self,
+        runner: &dyn Runner,
+        deployment: &Deployment<'_>,
+        challenge: &Challenge,
+        intent: &crate::store::FoundIntent,
+    ) -> Result<()> {
+        runner.down(deployment).await.map_err(|source| Error::Deploy {
             action: "destruction",
             challenge_id: challenge.id.clone(),
             source_id: intent.instance.as_ref().map(|instance| instance.source_id.clone()).unwrap_or_default(),
             source,
         })?;
-
         self.store.delete_state_dir(&challenge.id, &intent.identity).await?;
         self.store.remove_intent(intent).await?;
         info!(challenge_id = %challenge.id, identity = %intent.identity, "destroyed an interrupted deployment");

@@ -558,7 +558,7 @@ async fn local_directory_scenario_without_registry() {
 }
 
 #[tokio::test]
-async fn crash_during_up_is_rolled_back_on_restart() {
+async fn crash_during_up_is_finished_on_restart() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let registry = Registry::start();
     let log = tempfile::NamedTempFile::new().unwrap();
@@ -583,12 +583,16 @@ async fn crash_during_up_is_rolled_back_on_restart() {
     let data = server.crash();
     assert!(create.await.unwrap().is_err(), "the client got an answer from a crashed server");
 
-    // The restarted server destroys the half-done deployment before serving.
+    // The restarted server runs `up` again for the same identity and records
+    // the instance before serving: the client may retry and find it.
     let server = Server::start_in(data, &[("CM_TEST_LOG", log.path().to_str().unwrap())]);
     let env = Env { registry, server, http, log };
-    assert_eq!(env.log_lines("down"), vec![format!("down {identity}")]);
-    let (status, _) = env.get("/api/v1/instance/1/1").await;
-    assert_eq!(status, 404);
-    let (status, body) = env.post("/api/v1/instance", json!({"challengeId": "1", "sourceId": "1"})).await;
-    assert_eq!(status, 200, "{body}");
+    let ups: Vec<String> = env.log_lines("up").iter().map(|line| line.split(' ').nth(1).unwrap().to_owned()).collect();
+    assert_eq!(ups, vec![identity.clone(), identity.clone()], "up ran again for the interrupted identity");
+    assert!(env.log_lines("down").is_empty(), "the interrupted deployment was destroyed");
+    let (status, instance) = env.get("/api/v1/instance/1/1").await;
+    assert_eq!(status, 200, "{instance}");
+    assert_eq!(instance["connectionInfo"], format!("conn-{identity}"));
+    let (status, _) = env.post("/api/v1/instance", json!({"challengeId": "1", "sourceId": "1"})).await;
+    assert_eq!(status, 409);
 }

@@ -47,7 +47,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
 async fn recover(manager: &crate::Manager) {
     match manager.recover_interrupted().await {
         Ok(0) => {}
-        Ok(destroyed) => info!(destroyed, "destroyed interrupted deployments"),
+        Ok(settled) => info!(settled, "settled interrupted deployments"),
         Err(err) => tracing::warn!(error = %err, "failed to recover interrupted deployments"),
     }
 }

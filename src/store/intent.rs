@@ -1,24 +1,25 @@
-//! How a new instance becomes durable without an extra journal commit on
-//! the request's path, and how a crash during a deployment is recovered.
+//! How a new instance becomes durable with no flush on the request's path
+//! after `up`, and how a crash during a deployment is recovered.
 //!
 //! A deployment writes two files, both renamed from spares (see
-//! [`super::spare`]), whose blocks are already on disk, so that writing
-//! them with `fdatasync` flushes data only:
+//! [`super::spare`]) whose blocks are already on disk, so that writing
+//! them needs no journal commit:
 //!
 //! - before `up`, the *intent* `instances/<key(source)>.<identity>.intent`
-//!   holds the instance record marked as deploying. It is flushed in the
-//!   background while `up` runs, and removed once the record is in place;
-//! - after `up`, the final record is written to
-//!   `instances/<key(source)>.<identity>.commit`, flushed, then renamed to
-//!   `instances/<key(source)>.json`. The renames are not flushed.
+//!   holds the instance record marked as deploying: everything but the
+//!   outputs of `up`. It is flushed while `up` runs, and the response waits
+//!   for that flush;
+//! - after `up`, the final record goes to
+//!   `instances/<key(source)>.<identity>.commit`, renamed at once to
+//!   `instances/<key(source)>.json`. It is flushed in the background, and
+//!   the intent is removed after that flush.
 //!
-//! After a crash, [`Store::settle_files`] finishes what it can: a complete
-//! `.commit` file (or a spare holding one) is renamed into place, since its
-//! client may have been answered. An intent whose record is in place is
-//! removed. An intent left without its record belongs to a deployment whose
-//! client got no answer: the caller destroys it (runs `down`), then removes
-//! it. Identities are in the file names, so even a torn file names what to
-//! destroy.
+//! So an intent on disk means "this deployment's record may not be", and
+//! it holds what is needed to finish it: after a crash, [`Store::settle_files`]
+//! returns the intents whose record is missing or torn, and the caller runs
+//! `up` again (scenarios must accept that, as for an update in place) and
+//! writes the record. Renames are never flushed: a spare or `.commit` file
+//! that holds a record is moved to where its rename would have put it.
 
 use std::{
     fs::{File, OpenOptions},
@@ -52,12 +53,14 @@ struct Record {
 }
 
 /// The intent of a deployment in progress.
-#[must_use = "commit or abandon the intent, or recovery will destroy the deployment"]
+#[must_use = "commit or abandon the intent, or recovery will run the deployment again"]
 pub struct Intent {
     path: PathBuf,
+    flush: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
-/// An intent left by a stopped process, whose deployment must be destroyed.
+/// An intent left by a stopped process, whose deployment must be finished
+/// (or destroyed, when the intent is torn).
 #[derive(Debug)]
 pub struct FoundIntent {
     pub path: PathBuf,
@@ -80,7 +83,7 @@ impl Store {
     /// background: `up` may start before it is on disk.
     ///
     /// NOTE: a crash in the first moments of `up`, before the flush ends,
-    /// leaves whatever `up` created without an intent to destroy it.
+    /// leaves whatever `up` created without an intent to finish it.
     pub async fn begin_instance(&self, instance: &Instance) -> Result<(PathBuf, Intent)> {
         let state = self.state_dir(&instance.challenge_id, &instance.identity);
         let path = self.deployment_file(instance, INTENT);
@@ -94,44 +97,65 @@ impl Store {
             }
 
             let file = write_file(&spares, &path, &content, false)?;
-            let flushed = path.clone();
-            let flush = move || {
-                if let Err(err) = file.sync_data() {
-                    warn!(path = %flushed.display(), error = %err, "failed to flush an intent");
+            let flush = match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => Some(runtime.spawn_blocking(move || file.sync_data())),
+                Err(_) => {
+                    file.sync_data().map_err(io_error("write", &path))?;
+                    None
                 }
             };
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn_blocking(flush)),
-                Err(_) => flush(),
-            }
-            Ok((state, Intent { path }))
+            Ok((state, Intent { path, flush }))
         })
         .await
     }
 
-    /// Makes the final record of a deployed instance durable and visible,
-    /// then drops its intent.
-    pub async fn commit_instance(&self, intent: Intent, instance: &Instance) -> Result<()> {
+    /// Makes the final record of a deployed instance visible. On return
+    /// the deployment is recoverable: its intent is on disk. The record is
+    /// flushed in the background, and the intent removed after that.
+    pub async fn commit_instance(&self, mut intent: Intent, instance: &Instance) -> Result<()> {
+        if let Some(flush) = intent.flush.take() {
+            flush.await?.map_err(io_error("write", &intent.path))?;
+        }
+
         let commit = self.deployment_file(instance, COMMIT);
         let record = self.instance_file(&instance.challenge_id, &instance.source_id);
         let content = encode(&Record { deploying: false, instance: instance.clone() });
         let spares = Arc::clone(&self.spares);
         blocking(move || {
-            write_file(&spares, &commit, &content, true)?;
+            let file = write_file(&spares, &commit, &content, false)?;
             std::fs::rename(&commit, &record).map_err(io_error("rename", &commit))?;
-            remove_file_if_exists(&intent.path)
+
+            let flush = move || match file.sync_data() {
+                Ok(()) => {
+                    if let Err(err) = remove_file_if_exists(&intent.path) {
+                        warn!(error = %err, "failed to remove the intent of a committed instance");
+                    }
+                }
+                // The intent stays, so the next start finishes the deployment.
+                Err(err) => warn!(path = %record.display(), error = %err, "failed to flush an instance record"),
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(flush)),
+                Err(_) => flush(),
+            }
+            Ok(())
         })
         .await
     }
 
     /// Removes the intent of a deployment that failed and was cleaned up.
     pub async fn abandon_instance(&self, intent: Intent) -> Result<()> {
+        if let Some(flush) = intent.flush {
+            // Removing the file while it is flushed is fine; waiting avoids
+            // leaving the flush behind.
+            let _ = flush.await;
+        }
         blocking(move || remove_file_if_exists(&intent.path)).await
     }
 
     /// Finishes what a crash left in a challenge's files: adopts filled
     /// spares, puts complete records in place, drops intents whose record
-    /// is in place. Returns the intents whose deployment must be destroyed.
+    /// is in place. Returns the intents whose record is missing or torn.
     /// The caller holds the challenge's lock in write mode, so no
     /// deployment of this challenge is in progress.
     pub async fn settle_files(&self, challenge_id: &str) -> Result<Vec<FoundIntent>> {
@@ -161,7 +185,9 @@ impl Store {
             let mut left = Vec::new();
             for path in paths.iter().filter(|path| has_extension(path, INTENT)) {
                 let (source_key, identity) = split_name(path).expect("filtered on the extension");
-                let committed: Option<Instance> = read_json(&dir.join(format!("{source_key}.json")))?;
+                // A torn record counts as missing: the deployment runs again
+                // and rewrites it.
+                let committed: Option<Instance> = read_json(&dir.join(format!("{source_key}.json"))).ok().flatten();
                 if committed.is_some_and(|instance| instance.identity == identity) {
                     remove_file_if_exists(path)?;
                     continue;
@@ -197,7 +223,7 @@ impl Store {
         Ok(())
     }
 
-    /// Removes an intent whose deployment was destroyed.
+    /// Removes an intent whose deployment was finished or destroyed.
     pub async fn remove_intent(&self, intent: &FoundIntent) -> Result<()> {
         let path = intent.path.clone();
         blocking(move || remove_file_if_exists(&path)).await
@@ -292,6 +318,17 @@ mod tests {
         }
     }
 
+    /// Waits for the background flush of a commit to remove the intent.
+    async fn wait_for_files(store: &Store, expected: &[String]) {
+        for _ in 0..100 {
+            if file_names(store) == expected {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(file_names(store), expected);
+    }
+
     fn file_names(store: &Store) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(store.instances_dir("c"))
             .unwrap()
@@ -311,7 +348,7 @@ mod tests {
         store.commit_instance(intent, &instance("nc host 1")).await.unwrap();
         let loaded = store.load_instance("c", "s").await.unwrap().expect("committed record");
         assert_eq!(loaded.connection_info, "nc host 1");
-        assert_eq!(file_names(&store), vec![format!("{}.json", key("s"))], "files left after commit");
+        wait_for_files(&store, &[format!("{}.json", key("s"))]).await;
     }
 
     #[tokio::test]
@@ -332,6 +369,7 @@ mod tests {
         let intent_copy = std::fs::read(&intent.path).unwrap();
         let intent_path = intent.path.clone();
         store.commit_instance(intent, &instance("nc host 1")).await.unwrap();
+        wait_for_files(&store, &[format!("{}.json", key("s"))]).await;
 
         // Undo the last rename and the intent's removal, as a crash before
         // they reached the disk would.
@@ -339,9 +377,27 @@ mod tests {
         std::fs::rename(&record, store.deployment_file(&instance(""), COMMIT)).unwrap();
         std::fs::write(&intent_path, intent_copy).unwrap();
 
-        assert!(store.settle_files("c").await.unwrap().is_empty(), "a committed deployment is left to destroy");
+        assert!(store.settle_files("c").await.unwrap().is_empty(), "a committed deployment is left to finish");
         assert_eq!(store.load_instance("c", "s").await.unwrap().unwrap().connection_info, "nc host 1");
         assert_eq!(file_names(&store), vec![format!("{}.json", key("s"))]);
+    }
+
+    #[tokio::test]
+    async fn intent_with_torn_record_is_left_to_finish() {
+        let (_dir, store) = store_with_challenge().await;
+        let (_state, intent) = store.begin_instance(&instance("")).await.unwrap();
+        let intent_copy = std::fs::read(&intent.path).unwrap();
+        let intent_path = intent.path.clone();
+        store.commit_instance(intent, &instance("nc host 1")).await.unwrap();
+        wait_for_files(&store, &[format!("{}.json", key("s"))]).await;
+
+        // A crash before the record's flush: the intent is back, the record torn.
+        std::fs::write(&intent_path, intent_copy).unwrap();
+        std::fs::write(store.instance_file("c", "s"), b"{\"challenge_id\":\"c\",\"sou").unwrap();
+
+        let left = store.settle_files("c").await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].instance.as_ref().map(|i| i.source_id.as_str()), Some("s"));
     }
 
     #[tokio::test]
