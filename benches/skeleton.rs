@@ -193,10 +193,7 @@ async fn populate(server: &Server, http: &reqwest::Client, reference: &str, data
             post(http, format!("{}/api/v1/instance", server.base), body).await;
         }
     }
-    println!(
-        "(stored {CHALLENGES} challenges × {INSTANCES_PER_CHALLENGE} instances in {:.1?})",
-        started.elapsed()
-    );
+    println!("(stored {CHALLENGES} challenges × {INSTANCES_PER_CHALLENGE} instances in {:.1?})", started.elapsed());
     println!();
     data_dir.to_path_buf()
 }
@@ -213,7 +210,10 @@ async fn bench_retrieve(server: &Server, http: &reqwest::Client) {
     }
 
     let (retrieve, healthcheck) = (median(&mut retrieves), median(&mut health));
-    println!("## RetrieveInstance over REST, {} instances stored ({RETRIEVE_SAMPLES} samples)", CHALLENGES * INSTANCES_PER_CHALLENGE);
+    println!(
+        "## RetrieveInstance over REST, {} instances stored ({RETRIEVE_SAMPLES} samples)",
+        CHALLENGES * INSTANCES_PER_CHALLENGE
+    );
     println!("- GET /healthcheck:  median {healthcheck:?}");
     println!("- RetrieveInstance:  median {retrieve:?}, p90 {:?}", percentile(&mut retrieves, 0.9));
     println!("- ratio: {:.2} (target: at most 3)", retrieve.as_secs_f64() / healthcheck.as_secs_f64());

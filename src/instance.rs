@@ -60,7 +60,10 @@ pub fn new_identity() -> String {
 
 /// Overlays the instance's additional values on the challenge's: the
 /// instance wins per key.
-pub fn merge_additional(challenge: &BTreeMap<String, String>, instance: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+pub fn merge_additional(
+    challenge: &BTreeMap<String, String>,
+    instance: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     let mut merged = challenge.clone();
     merged.extend(instance.iter().map(|(key, value)| (key.clone(), value.clone())));
     merged
@@ -130,7 +133,8 @@ impl Manager {
         // process stops before the record is written.
         let (state_dir, intent) = self.store.begin_instance(&instance).await?;
         let merged = merge_additional(&challenge.additional, &instance.additional);
-        let deployment = Deployment { scenario_dir: &scenario_dir, identity: &identity, additional: &merged, state_dir: &state_dir };
+        let deployment =
+            Deployment { scenario_dir: &scenario_dir, identity: &identity, additional: &merged, state_dir: &state_dir };
         let outputs = match runner.up(&deployment).await {
             Ok(outputs) => outputs,
             Err(source) => {
@@ -202,16 +206,25 @@ impl Manager {
     async fn finish_interrupted(&self, challenge: &Challenge, intent: &crate::store::FoundIntent) -> Result<()> {
         let (runner, scenario_dir) = self.load_runner(challenge).await?;
         let state_dir = self.store.state_dir(&challenge.id, &intent.identity);
-        let instance_additional = intent.instance.as_ref().map(|instance| instance.additional.clone()).unwrap_or_default();
+        let instance_additional =
+            intent.instance.as_ref().map(|instance| instance.additional.clone()).unwrap_or_default();
         let merged = merge_additional(&challenge.additional, &instance_additional);
-        let deployment = Deployment { scenario_dir: &scenario_dir, identity: &intent.identity, additional: &merged, state_dir: &state_dir };
+        let deployment = Deployment {
+            scenario_dir: &scenario_dir,
+            identity: &intent.identity,
+            additional: &merged,
+            state_dir: &state_dir,
+        };
 
         // A torn intent names no source, so no record can be written.
         let Some(recorded) = &intent.instance else {
             return self.destroy_interrupted(runner.as_ref(), &deployment, challenge, intent).await;
         };
-        std::fs::create_dir_all(&state_dir)
-            .map_err(|source| crate::store::Error::Io { action: "create", path: state_dir.clone(), source })?;
+        std::fs::create_dir_all(&state_dir).map_err(|source| crate::store::Error::Io {
+            action: "create",
+            path: state_dir.clone(),
+            source,
+        })?;
         let outputs = match runner.up(&deployment).await {
             Ok(outputs) => outputs,
             Err(err) => {

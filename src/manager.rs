@@ -59,12 +59,7 @@ impl Manager {
         let lock_file = settings.data_dir.join("lock");
         let locks = LocalLocks::with_file(&lock_file).map_err(|source| OpenError::Locks { path: lock_file, source })?;
         let scenarios = Scenarios::new(&settings.data_dir, settings.cache_dir, settings.oci);
-        Ok(Self {
-            store,
-            locks: Locks::new(Arc::new(locks)),
-            scenarios: Arc::new(scenarios),
-            runners: Arc::default(),
-        })
+        Ok(Self { store, locks: Locks::new(Arc::new(locks)), scenarios: Arc::new(scenarios), runners: Arc::default() })
     }
 
     pub fn data_dir(&self) -> &std::path::Path {

@@ -28,9 +28,9 @@ pub fn format_duration(duration: &Duration) -> String {
     let nanos = duration.subsec_nanos();
     if nanos == 0 {
         format!("{seconds}s")
-    } else if nanos % 1_000_000 == 0 {
+    } else if nanos.is_multiple_of(1_000_000) {
         format!("{seconds}.{:03}s", nanos / 1_000_000)
-    } else if nanos % 1_000 == 0 {
+    } else if nanos.is_multiple_of(1_000) {
         format!("{seconds}.{:06}s", nanos / 1_000)
     } else {
         format!("{seconds}.{nanos:09}s")
@@ -43,7 +43,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let invalid = || format!("invalid duration {text:?} (expected seconds with an `s` suffix, like 600s or 1.5s)");
 
     let number = text.strip_suffix('s').ok_or_else(invalid)?;
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let (whole, fraction) = match number.split_once('.') {
+        Some((_, "")) => return Err(invalid()),
+        Some(parts) => parts,
+        None => (number, ""),
+    };
     if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
         return Err(invalid());
     }
@@ -52,11 +56,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 
     let seconds: u64 = whole.parse().map_err(|_| invalid())?;
-    let nanos: u32 = if fraction.is_empty() {
-        0
-    } else {
-        format!("{fraction:0<9}").parse().map_err(|_| invalid())?
-    };
+    let nanos: u32 = if fraction.is_empty() { 0 } else { format!("{fraction:0<9}").parse().map_err(|_| invalid())? };
     Ok(Duration::new(seconds, nanos))
 }
 
@@ -148,7 +148,7 @@ mod tests {
 
     #[test]
     fn duration_rejects_malformed_text() {
-        for text in ["600", "-1s", "s", "1.s5", "1.0000000001s", "ten s"] {
+        for text in ["600", "-1s", "s", "1.s", "1.s5", "1.0000000001s", "ten s"] {
             assert!(parse_duration(text).is_err(), "{text} should be rejected");
         }
     }

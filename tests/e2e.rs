@@ -70,7 +70,11 @@ impl Env {
     async fn push(&self, name: &str, files: &[(&str, &str)]) -> String {
         let dir = scenario_dir(files);
         let work = tempfile::tempdir().unwrap();
-        let scenarios = Scenarios::new(work.path(), work.path().join("cache"), OciSettings { insecure: true, ..Default::default() });
+        let scenarios = Scenarios::new(
+            work.path(),
+            work.path().join("cache"),
+            OciSettings { insecure: true, ..Default::default() },
+        );
         let reference = format!("{}/{name}:v1", self.registry.host());
         scenarios.push(dir.path(), &reference).await.expect("push the scenario");
         reference
@@ -114,7 +118,8 @@ impl Env {
         let response = self.http.get(self.server.url(path)).send().await.unwrap();
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
-        let lines = text.lines().map(|line| serde_json::from_str(line).expect("each line is one JSON object")).collect();
+        let lines =
+            text.lines().map(|line| serde_json::from_str(line).expect("each line is one JSON object")).collect();
         (status, lines)
     }
 
@@ -161,7 +166,10 @@ async fn instance_lifecycle_over_rest() {
         assert!(text.ends_with('Z'), "{key} = {text}");
         assert!(parse_utc(text), "{key} = {text} is not RFC 3339");
     }
-    assert!(env.log_lines("up").iter().any(|line| line.contains(r#""level":"easy""#)), "the scenario got the challenge additional");
+    assert!(
+        env.log_lines("up").iter().any(|line| line.contains(r#""level":"easy""#)),
+        "the scenario got the challenge additional"
+    );
 
     let (status, fetched) = env.get("/api/v1/instance/1/0").await;
     assert_eq!(status, 200);
@@ -202,7 +210,8 @@ async fn rest_json_mapping_details() {
     assert_eq!(challenge["timeout"], Value::Null, "unset timeout is null");
     assert_eq!(challenge["until"], Value::Null, "unset until is null");
 
-    let (status, instance) = env.post("/api/v1/instance", json!({"challengeId": "7", "sourceId": "3", "unknown": 1})).await;
+    let (status, instance) =
+        env.post("/api/v1/instance", json!({"challengeId": "7", "sourceId": "3", "unknown": 1})).await;
     assert_eq!(status, 200, "{instance}");
     assert!(instance.get("until").is_none(), "unset instance until is omitted: {instance}");
     assert!(instance["since"].as_str().unwrap().ends_with('Z'));
@@ -298,7 +307,10 @@ async fn failing_up_leaves_nothing_behind() {
     let (status, error) = env.post("/api/v1/instance", json!({"challengeId": "1", "sourceId": "1"})).await;
     assert_eq!(status, 500, "{error}");
     assert_eq!(error["code"], 2);
-    assert!(error["message"].as_str().unwrap().contains("cannot reach the cluster"), "the stderr tail is reported: {error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("cannot reach the cluster"),
+        "the stderr tail is reported: {error}"
+    );
 
     let (status, _) = env.get("/api/v1/instance/1/1").await;
     assert_eq!(status, 404);
@@ -311,7 +323,13 @@ async fn failing_up_leaves_nothing_behind() {
     let pid: u32 = up[0].rsplit(' ').next().unwrap().parse().unwrap();
     assert!(!process_alive(pid), "the background process of the failed up is still running");
     assert_eq!(env.log_lines("down").len(), 1, "down ran once to clean up");
-    let states = std::fs::read_dir(env.server.data_dir().join("challenges")).unwrap().next().unwrap().unwrap().path().join("state");
+    let states = std::fs::read_dir(env.server.data_dir().join("challenges"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("state");
     let left = std::fs::read_dir(&states).map(|entries| entries.count()).unwrap_or(0);
     assert_eq!(left, 0, "a state directory was left behind");
 
@@ -413,7 +431,8 @@ async fn scenario_without_known_layout_is_rejected() {
 #[tokio::test]
 async fn pulumi_scenario_is_rejected_at_creation() {
     let env = Env::start().await;
-    let scenario = env.push("pulumi", &[("Pulumi.yaml", "name: web\nruntime: go\n"), ("main.go", "package main\n")]).await;
+    let scenario =
+        env.push("pulumi", &[("Pulumi.yaml", "name: web\nruntime: go\n"), ("main.go", "package main\n")]).await;
 
     let (status, error) = env.post("/api/v1/challenge", json!({"id": "1", "scenario": scenario})).await;
     assert_eq!(status, 400, "{error}");
@@ -453,12 +472,17 @@ async fn instance_lifecycle_over_grpc() {
     assert!(env.log_lines("up").iter().any(|line| line.contains(r#""color":"blue""#)));
 
     let again = instances
-        .create_instance(pi::CreateInstanceRequest { challenge_id: "g".into(), source_id: "5".into(), ..Default::default() })
+        .create_instance(pi::CreateInstanceRequest {
+            challenge_id: "g".into(),
+            source_id: "5".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(again.code(), tonic::Code::AlreadyExists);
 
-    let mut stream = instances.query_instance(pi::QueryInstanceRequest { source_id: "5".into() }).await.unwrap().into_inner();
+    let mut stream =
+        instances.query_instance(pi::QueryInstanceRequest { source_id: "5".into() }).await.unwrap().into_inner();
     let first = stream.message().await.unwrap().expect("one instance");
     assert_eq!(first.challenge_id, "g");
     assert!(stream.message().await.unwrap().is_none());
@@ -504,8 +528,13 @@ fn play_example(connection_info: &str) -> String {
     reader.read_line(&mut question).unwrap();
 
     // "What is A + B?"
-    let numbers: Vec<u64> =
-        question.trim().trim_start_matches("What is ").trim_end_matches('?').split(" + ").map(|n| n.parse().unwrap()).collect();
+    let numbers: Vec<u64> = question
+        .trim()
+        .trim_start_matches("What is ")
+        .trim_end_matches('?')
+        .split(" + ")
+        .map(|n| n.parse().unwrap())
+        .collect();
     writeln!(&stream, "{}", numbers[0] + numbers[1]).unwrap();
     let mut answer = String::new();
     reader.read_line(&mut answer).unwrap();
@@ -530,8 +559,22 @@ async fn quickstart_with_the_example() {
     let first = instance_up_json(&["instance", "up", "addition", "1", "--url", &url, "--output", "json"]);
     let second = instance_up_json(&["instance", "up", "addition", "2", "--url", &url, "--output", "json"]);
     let connection = first["connectionInfo"].as_str().unwrap();
-    assert_eq!(play_example(connection), first["flags"][0].as_str().unwrap(), "the service hands out the instance's flag");
+    assert_eq!(
+        play_example(connection),
+        first["flags"][0].as_str().unwrap(),
+        "the service hands out the instance's flag"
+    );
     assert_ne!(first["flags"][0], second["flags"][0], "two teams get different flags");
+
+    // Errors from the server name the ids they are about.
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_chall-manager"))
+        .args(["instance", "get", "addition", "9", "--url", &url])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Instance not found."), "{stderr}");
+    assert!(stderr.contains(r#"source_id "9""#), "{stderr}");
 
     cli(&["instance", "down", "addition", "1", "--url", &url]);
     cli(&["instance", "down", "addition", "2", "--url", &url]);

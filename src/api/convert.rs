@@ -47,8 +47,8 @@ pub fn challenge(info: ChallengeInfo) -> pb::Challenge {
     pb::Challenge {
         id: challenge.id,
         scenario: challenge.scenario,
-        timeout: challenge.timeout.map(to_proto_duration),
-        until: challenge.until.map(to_proto_timestamp),
+        timeout: challenge.timeout.map(duration_to_proto),
+        until: challenge.until.map(timestamp_to_proto),
         instances: info.instances.into_iter().map(instance).collect(),
         additional: challenge.additional.into_iter().collect(),
         min: challenge.min,
@@ -63,9 +63,9 @@ pub fn instance(instance: Instance) -> pb_instance::Instance {
         flag: single_flag(&instance.flags).cloned(),
         challenge_id: instance.challenge_id,
         source_id: instance.source_id,
-        since: Some(to_proto_timestamp(instance.since)),
-        last_renew: Some(to_proto_timestamp(instance.last_renew)),
-        until: instance.until.map(to_proto_timestamp),
+        since: Some(timestamp_to_proto(instance.since)),
+        last_renew: Some(timestamp_to_proto(instance.last_renew)),
+        until: instance.until.map(timestamp_to_proto),
         connection_info: instance.connection_info,
         flags: instance.flags,
         additional: instance.additional.into_iter().collect(),
@@ -82,23 +82,26 @@ pub fn single_flag(flags: &[String]) -> Option<&String> {
 }
 
 fn duration(field: &'static str, value: Option<prost_types::Duration>) -> Result<Option<Duration>> {
-    value
-        .map(|value| Duration::try_from(value).map_err(|_| Error::invalid(field, format!("{value} is negative"))))
-        .transpose()
+    value.map(|value| duration_from_proto(value).map_err(|reason| Error::invalid(field, reason))).transpose()
 }
 
 fn timestamp(field: &'static str, value: Option<prost_types::Timestamp>) -> Result<Option<DateTime<Utc>>> {
-    let Some(value) = value else {
-        return Ok(None);
-    };
-    let at = u32::try_from(value.nanos)
+    value.map(|value| timestamp_from_proto(value).map_err(|reason| Error::invalid(field, reason))).transpose()
+}
+
+/// Converts a protobuf duration, which may be negative, to a std one.
+pub fn duration_from_proto(value: prost_types::Duration) -> Result<Duration, String> {
+    Duration::try_from(value).map_err(|_| format!("{value} is negative"))
+}
+
+/// Converts a protobuf timestamp, rejecting nanoseconds out of range and
+/// instants chrono cannot represent.
+pub fn timestamp_from_proto(value: prost_types::Timestamp) -> Result<DateTime<Utc>, String> {
+    u32::try_from(value.nanos)
         .ok()
         .filter(|nanos| *nanos < 1_000_000_000)
-        .and_then(|nanos| DateTime::from_timestamp(value.seconds, nanos));
-    match at {
-        Some(at) => Ok(Some(at)),
-        None => Err(Error::invalid(field, format!("timestamp {}s {}ns is out of range", value.seconds, value.nanos))),
-    }
+        .and_then(|nanos| DateTime::from_timestamp(value.seconds, nanos))
+        .ok_or_else(|| format!("timestamp {}s {}ns is out of range", value.seconds, value.nanos))
 }
 
 /// Converts an update mask to the fields it changes. Paths that name a
@@ -142,17 +145,28 @@ fn strategy(value: Option<i32>) -> Result<UpdateStrategy> {
 
 /// Saturates at the largest proto duration: stored timeouts come from
 /// parsed requests, which cannot exceed it.
-fn to_proto_duration(duration: Duration) -> prost_types::Duration {
+pub fn duration_to_proto(duration: Duration) -> prost_types::Duration {
     prost_types::Duration::try_from(duration).unwrap_or(prost_types::Duration { seconds: i64::MAX, nanos: 999_999_999 })
 }
 
-fn to_proto_timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+pub fn timestamp_to_proto(at: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamp_round_trips_through_proto() {
+        let at = crate::time::parse_timestamp("2026-01-02T03:04:05.120Z").unwrap();
+        assert_eq!(timestamp_from_proto(timestamp_to_proto(at)), Ok(at));
+    }
+
+    #[test]
+    fn negative_duration_is_rejected() {
+        assert!(duration_from_proto(prost_types::Duration { seconds: -1, nanos: 0 }).is_err());
+    }
 
     fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
         Some(prost_types::FieldMask { paths: paths.iter().map(|path| path.to_string()).collect() })
@@ -195,7 +209,7 @@ mod tests {
         assert!(timestamp("until", bad_nanos).is_err());
         let too_far = Some(prost_types::Timestamp { seconds: i64::MAX, nanos: 0 });
         assert!(timestamp("until", too_far).is_err());
-        let at = timestamp("until", Some(to_proto_timestamp(DateTime::from_timestamp(1_700_000_000, 5).unwrap())));
+        let at = timestamp("until", Some(timestamp_to_proto(DateTime::from_timestamp(1_700_000_000, 5).unwrap())));
         assert_eq!(at.unwrap(), DateTime::from_timestamp(1_700_000_000, 5));
     }
 

@@ -46,7 +46,9 @@ pub enum Error {
     )]
     DirectoryWithServer { dir: PathBuf, url: String },
 
-    #[error("scenario directory {dir} not found; give an existing directory, or an OCI reference like registry:5000/name:tag")]
+    #[error(
+        "scenario directory {dir} not found; give an existing directory, or an OCI reference like registry:5000/name:tag"
+    )]
     MissingDirectory { dir: PathBuf },
 
     #[error("failed to listen for Ctrl-C")]
@@ -104,12 +106,24 @@ impl From<tonic::Status> for Error {
 
 /// Picks the text shown for a gRPC status: the server's message, or the
 /// code's description when the message is empty.
+/// The server's message, followed by the ids its `ErrorInfo` detail
+/// names, which the message itself leaves out ("Challenge not found.").
 fn status_message(status: &tonic::Status) -> String {
-    if status.message().is_empty() {
+    use tonic_types::StatusExt;
+
+    let mut message = if status.message().is_empty() {
         format!("server returned gRPC status {:?} with no message", status.code())
     } else {
         status.message().to_owned()
+    };
+    if let Some(info) = status.get_details_error_info() {
+        let mut ids: Vec<String> = info.metadata.iter().map(|(key, value)| format!("{key} {value:?}")).collect();
+        ids.sort();
+        if !ids.is_empty() {
+            message.push_str(&format!(" ({})", ids.join(", ")));
+        }
     }
+    message
 }
 
 /// Formats an error and its causes on one line, as `main` prints it.

@@ -3,11 +3,11 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use chrono::{DateTime, Utc};
 use tonic::{Code, Status, transport::Channel};
 
 use super::error::Error;
 use crate::{
+    api::convert::{duration_from_proto, duration_to_proto, timestamp_from_proto, timestamp_to_proto},
     challenge::{Challenge, ChallengeInfo, NewChallenge},
     instance::Instance,
     proto::{
@@ -237,43 +237,4 @@ fn describe(err: &dyn std::error::Error) -> String {
         cause = source.source();
     }
     text
-}
-
-/// Converts a duration, saturating at the largest protobuf duration; the
-/// timeout parser already rejects anything that large.
-fn duration_to_proto(duration: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
-        nanos: duration.subsec_nanos() as i32,
-    }
-}
-
-fn duration_from_proto(duration: prost_types::Duration) -> Result<Duration, String> {
-    Duration::try_from(duration).map_err(|err| format!("invalid timeout: {err}"))
-}
-
-fn timestamp_to_proto(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
-}
-
-fn timestamp_from_proto(at: prost_types::Timestamp) -> Result<DateTime<Utc>, String> {
-    let nanos = u32::try_from(at.nanos).map_err(|_| format!("invalid timestamp: negative nanos {}", at.nanos))?;
-    DateTime::from_timestamp(at.seconds, nanos)
-        .ok_or_else(|| format!("invalid timestamp: {} s out of range", at.seconds))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamp_round_trips_through_proto() {
-        let at = crate::time::parse_timestamp("2026-01-02T03:04:05.120Z").unwrap();
-        assert_eq!(timestamp_from_proto(timestamp_to_proto(at)), Ok(at));
-    }
-
-    #[test]
-    fn negative_duration_is_rejected() {
-        assert!(duration_from_proto(prost_types::Duration { seconds: -1, nanos: 0 }).is_err());
-    }
 }

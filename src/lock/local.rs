@@ -209,7 +209,9 @@ mod tests {
         let second = LocalLocks::with_file(dir.path().join("lock")).unwrap();
 
         let _writer = first.acquire(&LockKey::challenge("1"), Mode::Write).await.unwrap();
-        let other = tokio::time::timeout(Duration::from_millis(500), second.acquire(&LockKey::challenge("2"), Mode::Write)).await;
+        let other =
+            tokio::time::timeout(Duration::from_millis(500), second.acquire(&LockKey::challenge("2"), Mode::Write))
+                .await;
         assert!(other.is_ok(), "a lock on challenge 1 blocked challenge 2");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "locking created files");
     }

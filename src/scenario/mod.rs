@@ -182,7 +182,7 @@ fn registry_message(kind: ErrorKind, operation: &str, reference: &str) -> String
     match kind {
         ErrorKind::NotFound => format!("{reference} not found: the registry has no such repository, tag or digest"),
         ErrorKind::Unreachable => format!(
-            "the registry of {reference} is unreachable: check its address and that it is running (a plain-HTTP registry needs the insecure setting)"
+            "the registry of {reference} is unreachable: check its address and that it is running (a plain-HTTP registry needs --oci-insecure or OCI_INSECURE=true)"
         ),
         ErrorKind::Unauthorized => {
             format!("the registry denied access to {reference}: check the registry username and password")

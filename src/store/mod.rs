@@ -244,10 +244,10 @@ impl Store {
             let mut instances = Vec::new();
             for entry in entries {
                 let path = entry.map_err(io_error("list", &dir))?.path();
-                if path.extension().is_some_and(|ext| ext == "json") {
-                    if let Some(instance) = read_json::<Instance>(&path)? {
-                        instances.push(instance);
-                    }
+                if path.extension().is_some_and(|ext| ext == "json")
+                    && let Some(instance) = read_json::<Instance>(&path)?
+                {
+                    instances.push(instance);
                 }
             }
             instances.sort_by(|a, b| a.source_id.cmp(&b.source_id));
@@ -272,9 +272,7 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(io_error("read", path)(err)),
     };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|source| Error::Corrupt { path: path.to_path_buf(), source })
+    serde_json::from_slice(&bytes).map(Some).map_err(|source| Error::Corrupt { path: path.to_path_buf(), source })
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {

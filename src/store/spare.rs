@@ -58,7 +58,12 @@ impl Spares {
                 states.push(path);
             }
         }
-        Ok(Arc::new(Self { dir, records: Mutex::new(records), states: Mutex::new(states), refilling: AtomicBool::new(false) }))
+        Ok(Arc::new(Self {
+            dir,
+            records: Mutex::new(records),
+            states: Mutex::new(states),
+            refilling: AtomicBool::new(false),
+        }))
     }
 
     /// Renames a spare record file to `target`. Returns `false` when no
