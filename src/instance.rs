@@ -129,8 +129,8 @@ impl Manager {
             flags: Vec::new(),
             additional,
         };
-        // The intent lets a restarted server destroy this deployment if the
-        // process stops before the record is written.
+        // The intent lets a restarted server finish this deployment (run
+        // `up` again and write the record) if the process stops first.
         let (state_dir, intent) = self.store.begin_instance(&instance).await?;
         let merged = merge_additional(&challenge.additional, &instance.additional);
         let deployment =
@@ -146,7 +146,7 @@ impl Manager {
         instance.connection_info = outputs.connection_info;
         instance.flags = outputs.flags;
         // On failure the intent stays on disk and the deployment keeps
-        // running: recovery either completes the record or destroys it.
+        // running: the next start of `serve` finishes it.
         self.store.commit_instance(intent, &instance).await?;
         info!("instance created");
         Ok(instance)
@@ -164,7 +164,9 @@ impl Manager {
     ) {
         if let Err(err) = runner.down(deployment).await {
             warn!(error = ?err.to_string(), "cleanup after a failed deployment failed");
-            // The intent stays, so that recovery runs `down` again later.
+            // The intent stays: the next start of `serve` runs `up` again,
+            // so the instance ends up recorded (a retry of the source then
+            // finds it) or destroyed, rather than half deployed and unseen.
             return;
         }
         if let Err(err) = self.store.delete_state_dir(challenge_id, deployment.identity).await {
