@@ -251,10 +251,11 @@ impl Manager {
         Ok(ids)
     }
 
-    /// Changes the masked fields of a challenge.
-    ///
-    /// TODO: running instances do not follow the change yet (new expiry,
-    /// scenario or additional values apply to new instances only).
+    /// Changes the masked fields of a challenge; a masked field left unset
+    /// is reset. Running instances follow: a new scenario digest or new
+    /// additional values redeploy them with the request's strategy, and a
+    /// new timeout or end recomputes when they expire, from their last
+    /// renewal. Nothing else touches a deployment.
     #[tracing::instrument(skip_all, fields(challenge_id = %update.id))]
     pub async fn update_challenge(&self, update: ChallengeUpdate) -> Result<ChallengeInfo> {
         check_id(&update.id)?;
@@ -264,22 +265,19 @@ impl Manager {
         }
 
         let _lock = self.locks.challenge(&update.id, Mode::Write).await?;
-        let mut challenge = self.load_challenge(&update.id).await?;
-        let min = if masked(Field::Min) { update.min } else { challenge.min };
-        let max = if masked(Field::Max) { update.max } else { challenge.max };
-        check_pool_bounds(min, max)?;
-        let new_scenario = match update.scenario.as_deref().filter(|_| masked(Field::Scenario)) {
-            Some(reference) if reference != challenge.scenario => {
-                Some((reference.to_owned(), self.check_scenario(reference).await?))
-            }
-            _ => None,
-        };
-
-        // Checks done: apply the masked fields.
-        if let Some((reference, digest)) = new_scenario {
-            challenge.scenario = reference;
-            challenge.digest = digest;
+        let old = self.load_challenge(&update.id).await?;
+        let mut challenge = old.clone();
+        challenge.min = if masked(Field::Min) { update.min } else { old.min };
+        challenge.max = if masked(Field::Max) { update.max } else { old.max };
+        check_pool_bounds(challenge.min, challenge.max)?;
+        if let Some(reference) = update.scenario.as_deref().filter(|_| masked(Field::Scenario))
+            && reference != old.scenario
+        {
+            challenge.digest = self.check_scenario(reference).await?;
+            challenge.scenario = reference.to_owned();
         }
+
+        // Checks done: apply the masked fields, then let instances follow.
         if masked(Field::Timeout) {
             challenge.timeout = update.timeout;
         }
@@ -289,12 +287,12 @@ impl Manager {
         if masked(Field::Additional) {
             challenge.additional = update.additional;
         }
-        challenge.min = min;
-        challenge.max = max;
         self.store.save_challenge(&challenge).await?;
-        info!(fields = ?update.mask, "challenge updated");
+        info!(fields = ?update.mask, digest = %challenge.digest, "challenge updated");
 
+        let expiry_changed = challenge.timeout != old.timeout || challenge.until != old.until;
         let instances = self.store.list_instances(&challenge.id).await?;
+        let instances = self.follow_challenge(&challenge, instances, update.strategy, expiry_changed).await?;
         Ok(ChallengeInfo { challenge, instances })
     }
 

@@ -64,6 +64,11 @@ pub enum Error {
     #[error("challenge {id:?} kept because {} instance(s) could not be destroyed (sources {}): {first}", sources.len(), sources.join(", "))]
     InstancesLeft { id: String, sources: Vec<String>, first: String },
 
+    /// Some instances could not follow an update of their challenge; they
+    /// still run their previous version.
+    #[error("challenge {id:?} updated, but {} instance(s) still run the previous version (sources {}): {first}", sources.len(), sources.join(", "))]
+    InstancesNotUpdated { id: String, sources: Vec<String>, first: String },
+
     #[error(transparent)]
     Store(#[from] store::Error),
 

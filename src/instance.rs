@@ -42,6 +42,19 @@ pub struct Instance {
     /// Values given for this instance only, overriding the challenge's.
     #[serde(default)]
     pub additional: BTreeMap<String, String>,
+    /// What the last successful `up` ran with.
+    #[serde(default)]
+    pub deployed: Deployed,
+}
+
+/// The scenario and values an instance was last deployed with: what its
+/// `down` needs, and what an update compares to decide whether to run `up`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployed {
+    pub scenario: String,
+    pub digest: String,
+    /// The challenge's additional values overlaid with the instance's.
+    pub additional: BTreeMap<String, String>,
 }
 
 impl Instance {
@@ -118,6 +131,7 @@ impl Manager {
         // Checks done: deploy, then record the instance.
         let identity = new_identity();
         tracing::Span::current().record("identity", identity.as_str());
+        let merged = merge_additional(&challenge.additional, &additional);
         let mut instance = Instance {
             challenge_id: challenge_id.clone(),
             source_id: source_id.clone(),
@@ -128,11 +142,15 @@ impl Manager {
             connection_info: String::new(),
             flags: Vec::new(),
             additional,
+            deployed: Deployed {
+                scenario: challenge.scenario.clone(),
+                digest: challenge.digest.clone(),
+                additional: merged.clone(),
+            },
         };
         // The intent lets a restarted server finish this deployment (run
         // `up` again and write the record) if the process stops first.
         let (state_dir, intent) = self.store.begin_instance(&instance).await?;
-        let merged = merge_additional(&challenge.additional, &instance.additional);
         let deployment =
             Deployment { scenario_dir: &scenario_dir, identity: &identity, additional: &merged, state_dir: &state_dir };
         let outputs = match runner.up(&deployment).await {
@@ -263,10 +281,19 @@ impl Manager {
 
     /// Fetches the pinned scenario of a challenge and picks its runner.
     async fn load_runner(&self, challenge: &Challenge) -> Result<(Arc<dyn Runner>, std::path::PathBuf)> {
-        let reference = &challenge.scenario;
+        self.load_runner_at(&challenge.scenario, &challenge.digest).await
+    }
+
+    /// Fetches a pinned scenario and picks its runner.
+    pub(crate) async fn load_runner_at(
+        &self,
+        reference: &str,
+        digest: &str,
+    ) -> Result<(Arc<dyn Runner>, std::path::PathBuf)> {
+        let reference = &reference.to_owned();
         let dir = self
             .scenarios
-            .fetch(reference, &challenge.digest)
+            .fetch(reference, digest)
             .await
             .map_err(|source| Error::Scenario { reference: reference.clone(), source })?;
 
@@ -365,13 +392,14 @@ impl Manager {
     /// Runs `down` for an instance, then removes its record and state. The
     /// caller holds a lock that covers the instance.
     pub(crate) async fn destroy_instance(&self, challenge: &Challenge, instance: &Instance) -> Result<()> {
-        let (runner, scenario_dir) = self.load_runner(challenge).await?;
+        // `down` runs the scenario version the instance was deployed with.
+        let deployed = &instance.deployed;
+        let (runner, scenario_dir) = self.load_runner_at(&deployed.scenario, &deployed.digest).await?;
         let state_dir = self.store.state_dir(&challenge.id, &instance.identity);
-        let merged = merge_additional(&challenge.additional, &instance.additional);
         let deployment = Deployment {
             scenario_dir: &scenario_dir,
             identity: &instance.identity,
-            additional: &merged,
+            additional: &deployed.additional,
             state_dir: &state_dir,
         };
         runner.down(&deployment).await.map_err(|source| Error::Deploy {

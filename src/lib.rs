@@ -25,6 +25,7 @@ pub mod runner;
 pub mod scenario;
 pub mod store;
 pub mod time;
+pub mod update;
 
 pub use error::{Error, Result};
 pub use manager::{Manager, Settings};

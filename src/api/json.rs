@@ -385,6 +385,7 @@ mod tests {
             connection_info: String::new(),
             flags: flags.iter().map(|flag| flag.to_string()).collect(),
             additional: BTreeMap::new(),
+            deployed: Default::default(),
         }
     }
 

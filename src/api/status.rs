@@ -225,6 +225,12 @@ fn map(err: &Error) -> ApiError {
             ApiError::new(Code::FailedPrecondition, err.to_string())
                 .with_info("CHALLENGE_INSTANCES_LEFT", [("id", id.as_str()), ("source_ids", sources.as_str())])
         }
+        // The message carries the scenario's stderr, like a failed deployment.
+        Error::InstancesNotUpdated { id, sources, .. } => {
+            let sources = sources.join(",");
+            ApiError::new(Code::Unknown, err.to_string())
+                .with_info("INSTANCE_UPDATE_FAILED", [("id", id.as_str()), ("source_ids", sources.as_str())])
+        }
 
         // Internal by `is_internal`, which returned above.
         Error::Store(_) | Error::Lock(_) | Error::Task(_) => {

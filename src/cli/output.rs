@@ -303,6 +303,7 @@ mod tests {
             connection_info: "nc 127.0.0.1 1337".into(),
             flags: vec!["FLAG{a}".into(), "FLAG{b}".into()],
             additional: BTreeMap::new(),
+            deployed: Default::default(),
         };
         let text = render_instance(Format::Table, &instance).unwrap();
         assert!(text.contains("connection  nc 127.0.0.1 1337\n"), "{text}");

@@ -219,6 +219,8 @@ impl Remote {
             connection_info: message.connection_info,
             flags,
             additional: message.additional.into_iter().collect(),
+            // The API does not expose what an instance was deployed with.
+            deployed: Default::default(),
         })
     }
 }

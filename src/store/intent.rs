@@ -305,6 +305,7 @@ mod tests {
             connection_info: connection_info.into(),
             flags: vec!["FLAG{x}".into()],
             additional: BTreeMap::new(),
+            deployed: Default::default(),
         }
     }
 

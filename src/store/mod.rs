@@ -231,6 +231,18 @@ impl Store {
         blocking(move || remove_dir_if_exists(&state)).await
     }
 
+    /// Creates an empty state directory, removing an old one first.
+    pub async fn reset_state_dir(&self, challenge_id: &str, identity: &str) -> Result<PathBuf> {
+        let state = self.state_dir(challenge_id, identity);
+        let created = state.clone();
+        blocking(move || {
+            remove_dir_if_exists(&state)?;
+            std::fs::create_dir_all(&state).map_err(io_error("create", &state))
+        })
+        .await?;
+        Ok(created)
+    }
+
     /// Loads every instance of a challenge, sorted by source id.
     pub async fn list_instances(&self, challenge_id: &str) -> Result<Vec<Instance>> {
         let dir = self.instances_dir(challenge_id);

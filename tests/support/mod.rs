@@ -3,5 +3,6 @@
 
 #![allow(dead_code)]
 
+pub mod env;
 pub mod registry;
 pub mod server;
