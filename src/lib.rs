@@ -11,12 +11,14 @@
 //! - [`scenario`]: fetching, caching and packing scenario artifacts;
 //! - [`runner`]: running a scenario (`exec`, later Pulumi);
 //! - [`api`]: gRPC and REST on one port;
+//! - [`flag`]: per-identity flag variants, as the Go SDK computes them;
 //! - [`cli`]: the command line.
 
 pub mod api;
 pub mod challenge;
 pub mod cli;
 pub mod error;
+pub mod flag;
 pub mod instance;
 pub mod lock;
 pub mod manager;

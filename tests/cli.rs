@@ -16,7 +16,7 @@ const BINARY: &str = env!("CARGO_BIN_EXE_chall-manager");
 
 /// Variables the binary reads. Tests remove them so that the caller's
 /// shell cannot change a test's outcome.
-const ENVIRONMENT: [&str; 10] = [
+const ENVIRONMENT: [&str; 11] = [
     "CHALL_MANAGER_URL",
     "DIR",
     "CACHE",
@@ -27,6 +27,7 @@ const ENVIRONMENT: [&str; 10] = [
     "LOG_LEVEL",
     "RUST_LOG",
     "NO_COLOR",
+    "CM_IDENTITY",
 ];
 
 fn chall_manager(args: &[&str]) -> Command {
@@ -322,4 +323,51 @@ fn oci_insecure_accepts_one_from_environment() {
     let output =
         chall_manager(&["challenge", "list"]).env("OCI_INSECURE", "1").env("DIR", dir.path()).output().unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn flag_variate_prints_go_sdk_variant() {
+    // Printed by the Go SDK's Variate("0123456789abcdef", "this_is_the_flag").
+    let output =
+        chall_manager(&["flag", "variate", "--identity", "0123456789abcdef", "this_is_the_flag"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "tH1s_1s_thE_FlaG\n");
+    assert!(output.stderr.is_empty(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn flag_variate_reads_identity_from_environment() {
+    let output = chall_manager(&["flag", "variate", "this_is_the_flag"])
+        .env("CM_IDENTITY", "fedcba9876543210")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "THi5_15_thE_flag\n");
+}
+
+#[test]
+fn flag_variate_accepts_leading_hyphen() {
+    let output = chall_manager(&["flag", "variate", "--identity", "a", "-flag"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).chars().next(), Some('-'));
+}
+
+#[test]
+fn flag_variate_without_identity_is_usage_error() {
+    let cases: [(&[&str], Option<&str>); 3] = [
+        (&["flag", "variate", "this_is_the_flag"], None),
+        (&["flag", "variate", "this_is_the_flag"], Some("")),
+        (&["flag", "variate", "--identity", "", "this_is_the_flag"], None),
+    ];
+    for (args, environment) in cases {
+        let mut command = chall_manager(args);
+        if let Some(identity) = environment {
+            command.env("CM_IDENTITY", identity);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?} {environment:?}: {stderr}");
+        assert!(stderr.contains("--identity"), "{stderr}");
+        assert!(output.stdout.is_empty(), "{}", String::from_utf8_lossy(&output.stdout));
+    }
 }

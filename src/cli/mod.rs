@@ -9,6 +9,7 @@
 mod backend;
 mod challenge;
 mod error;
+mod flag;
 mod instance;
 mod logging;
 mod options;
@@ -40,6 +41,8 @@ pub enum Command {
     Challenge(challenge::Args),
     /// Deploy, show, list and destroy instances
     Instance(instance::Args),
+    /// Compute per-instance flags inside a scenario
+    Flag(flag::Args),
 }
 
 /// Runs a parsed command line.
@@ -48,7 +51,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
     // since its result goes to stdout.
     let default_level = match cli.command {
         Command::Serve(_) => "info",
-        Command::Challenge(_) | Command::Instance(_) => "warn",
+        Command::Challenge(_) | Command::Instance(_) | Command::Flag(_) => "warn",
     };
     logging::init(&cli.log, default_level)?;
 
@@ -56,6 +59,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Serve(args) => serve::run(args).await,
         Command::Challenge(args) => finish_on_interrupt(challenge::run(args)).await,
         Command::Instance(args) => finish_on_interrupt(instance::run(args)).await,
+        Command::Flag(args) => flag::run(args),
     }
 }
 
