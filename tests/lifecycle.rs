@@ -215,3 +215,70 @@ async fn additional_values_are_merged_per_instance() {
     assert!(ups[0].ends_with(r#"{"k":"own","shared":"a"}"#), "{}", ups[0]);
     assert!(ups[1].ends_with(r#"{"k":"b"}"#), "{}", ups[1]);
 }
+
+/// Scenario whose `up` works the first time only, and whose `down` fails
+/// when `$CM_STATE_DIR/keep` exists.
+const FRAGILE: &[(&str, &str)] = &[
+    ("scenario.yaml", "runtime: exec\nup: sh up.sh\ndown: sh down.sh\n"),
+    (
+        "up.sh",
+        r#"echo "up $CM_IDENTITY $CM_ADDITIONAL" >> "$CM_TEST_LOG"
+case "$CM_ADDITIONAL" in *broken*) echo "the new version is broken" >&2; exit 1;; esac
+printf '{"connection_info":"fragile-%s"}\n' "$CM_IDENTITY"
+"#,
+    ),
+    (
+        "down.sh",
+        r#"echo "down $CM_IDENTITY" >> "$CM_TEST_LOG"
+case "$CM_ADDITIONAL" in *stuck*) echo "cannot destroy" >&2; exit 1;; esac
+"#,
+    ),
+];
+
+#[tokio::test]
+async fn expired_challenge_rejects_new_instances() {
+    let env = Env::start().await;
+    let scenario = env.push("recorder", RECORDER).await;
+    challenge(&env, json!({"id": "1", "scenario": scenario, "until": "2001-01-01T00:00:00Z"})).await;
+
+    let (status, error) = env.post("/api/v1/instance", json!({"challengeId": "1", "sourceId": "1"})).await;
+    assert_eq!((status, error["code"].clone()), (400, json!(9)), "{error}");
+    assert_eq!(error["details"][0]["reason"], "CHALLENGE_EXPIRED", "{error}");
+    assert!(env.log_lines("up").is_empty());
+}
+
+#[tokio::test]
+async fn failed_update_keeps_the_previous_version() {
+    let env = Env::start().await;
+    let scenario = env.push("fragile", FRAGILE).await;
+    challenge(&env, json!({"id": "1", "scenario": scenario, "additional": {"v": "1"}})).await;
+    let created = instance(&env, "1", "7").await;
+
+    let (status, error) = env
+        .request(Method::PATCH, "/api/v1/challenge/1", Some(json!({"additional": {"v": "broken"}, "updateMask": "additional"})))
+        .await;
+    assert_eq!(status, 500, "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("sources 7"), "the error names the source: {message}");
+    assert!(message.contains("the new version is broken"), "{message}");
+
+    let (_, current) = env.get("/api/v1/instance/1/7").await;
+    assert_eq!(current["connectionInfo"], created["connectionInfo"]);
+    let last_up = env.log_lines("up").pop().unwrap();
+    assert!(last_up.ends_with(r#"{"v":"1"}"#), "the previous version was not restored: {last_up}");
+}
+
+#[tokio::test]
+async fn failed_destroy_keeps_the_challenge() {
+    let env = Env::start().await;
+    let scenario = env.push("fragile", FRAGILE).await;
+    challenge(&env, json!({"id": "1", "scenario": scenario, "additional": {"mode": "stuck"}})).await;
+    instance(&env, "1", "3").await;
+
+    let (status, error) = env.delete("/api/v1/challenge/1").await;
+    assert_eq!(status, 400, "{error}");
+    assert!(error["message"].as_str().unwrap().contains("sources 3"), "{error}");
+    let (status, kept) = env.get("/api/v1/challenge/1").await;
+    assert_eq!(status, 200, "{kept}");
+    assert_eq!(kept["instances"].as_array().unwrap().len(), 1, "the instance that is still deployed is listed");
+}
