@@ -450,6 +450,25 @@ async fn quickstart_with_the_example() {
     );
     assert_ne!(first["flags"][0], second["flags"][0], "two teams get different flags");
 
+    // The flag is a variant of the example's base flag, from `flag variate`.
+    let flag = first["flags"][0].as_str().unwrap();
+    let inner = flag.strip_prefix("CTF{").and_then(|rest| rest.strip_suffix('}')).expect("CTF{...}");
+    let unleet: String = inner
+        .to_lowercase()
+        .chars()
+        .map(|c| match c {
+            '4' => 'a',
+            '8' => 'b',
+            '3' => 'e',
+            '1' => 'i',
+            '0' => 'o',
+            '5' => 's',
+            '7' => 't',
+            other => other,
+        })
+        .collect();
+    assert_eq!(unleet, "sums_are_easy_to_brute_force", "{flag}");
+
     // Errors from the server name the ids they are about.
     let missing = std::process::Command::new(env!("CARGO_BIN_EXE_chall-manager"))
         .args(["instance", "get", "addition", "9", "--url", &url])

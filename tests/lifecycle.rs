@@ -255,7 +255,11 @@ async fn failed_update_keeps_the_previous_version() {
     let created = instance(&env, "1", "7").await;
 
     let (status, error) = env
-        .request(Method::PATCH, "/api/v1/challenge/1", Some(json!({"additional": {"v": "broken"}, "updateMask": "additional"})))
+        .request(
+            Method::PATCH,
+            "/api/v1/challenge/1",
+            Some(json!({"additional": {"v": "broken"}, "updateMask": "additional"})),
+        )
         .await;
     assert_eq!(status, 500, "{error}");
     let message = error["message"].as_str().unwrap();

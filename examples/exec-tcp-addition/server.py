@@ -49,7 +49,13 @@ class Server(socketserver.ThreadingTCPServer):
 
 def serve(state_dir):
     server = Server(("127.0.0.1", 0), AdditionHandler)
-    server.flag = instance_flag()
+    # up.sh writes the instance's flag there; derive one when it did not.
+    flag_file = os.path.join(state_dir, "flag")
+    if os.path.exists(flag_file):
+        with open(flag_file) as file:
+            server.flag = file.read().strip()
+    else:
+        server.flag = instance_flag()
     port = server.server_address[1]
 
     # Write then rename, so that up.sh never reads a partial port number.

@@ -155,11 +155,27 @@ fn environment(deployment: &Deployment<'_>) -> Vec<(&'static str, OsString)> {
     // would point elsewhere.
     let state_dir = std::path::absolute(deployment.state_dir).unwrap_or_else(|_| deployment.state_dir.to_owned());
 
-    vec![
+    let mut variables = vec![
         ("CM_IDENTITY", deployment.identity.into()),
         ("CM_ADDITIONAL", additional.into()),
         ("CM_STATE_DIR", state_dir.into_os_string()),
-    ]
+    ];
+    if let Some(binary) = chall_manager_binary() {
+        variables.push(("CHALL_MANAGER", binary.into()));
+    }
+    variables
+}
+
+/// Path of the running `chall-manager` binary, which scenarios may call
+/// for helpers such as `flag variate` even when it is not on `PATH`.
+/// `None` when the runner runs inside another program (tests, for one).
+fn chall_manager_binary() -> Option<&'static std::path::Path> {
+    static BINARY: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            std::env::current_exe().ok().filter(|path| path.file_name().is_some_and(|name| name == "chall-manager"))
+        })
+        .as_deref()
 }
 
 fn timeout_from_yaml(value: &Yaml) -> Result<Duration, String> {
