@@ -10,6 +10,7 @@
 //! - [`lock`]: the world → challenge → instance lock chain;
 //! - [`scenario`]: fetching, caching and packing scenario artifacts;
 //! - [`runner`]: running a scenario (`exec`, later Pulumi);
+//! - [`janitor`]: deleting the instances whose end has passed;
 //! - [`api`]: gRPC and REST on one port;
 //! - [`cli`]: the command line.
 
@@ -18,6 +19,7 @@ pub mod challenge;
 pub mod cli;
 pub mod error;
 pub mod instance;
+pub mod janitor;
 pub mod lock;
 pub mod manager;
 pub mod proto;

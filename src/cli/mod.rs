@@ -10,6 +10,7 @@ mod backend;
 mod challenge;
 mod error;
 mod instance;
+mod janitor;
 mod logging;
 mod options;
 mod output;
@@ -40,14 +41,17 @@ pub enum Command {
     Challenge(challenge::Args),
     /// Deploy, show, list and destroy instances
     Instance(instance::Args),
+    /// Delete the instances whose end (until) has passed, once or every
+    /// --ticker interval
+    Janitor(janitor::Args),
 }
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), Error> {
-    // A server reports its life; an operator command only its problems,
-    // since its result goes to stdout.
+    // A server and the janitor report their life; an operator command only
+    // its problems, since its result goes to stdout.
     let default_level = match cli.command {
-        Command::Serve(_) => "info",
+        Command::Serve(_) | Command::Janitor(_) => "info",
         Command::Challenge(_) | Command::Instance(_) => "warn",
     };
     logging::init(&cli.log, default_level)?;
@@ -56,6 +60,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Serve(args) => serve::run(args).await,
         Command::Challenge(args) => finish_on_interrupt(challenge::run(args)).await,
         Command::Instance(args) => finish_on_interrupt(instance::run(args)).await,
+        Command::Janitor(args) => janitor::run(args).await,
     }
 }
 
