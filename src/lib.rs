@@ -10,6 +10,7 @@
 //! - [`lock`]: the world → challenge → instance lock chain;
 //! - [`scenario`]: fetching, caching and packing scenario artifacts;
 //! - [`runner`]: running a scenario (`exec`, later Pulumi);
+//! - [`janitor`]: deleting the instances whose end has passed;
 //! - [`api`]: gRPC and REST on one port;
 //! - [`flag`]: per-identity flag variants, as the Go SDK computes them;
 //! - [`cli`]: the command line.
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod error;
 pub mod flag;
 pub mod instance;
+pub mod janitor;
 pub mod lock;
 pub mod manager;
 pub mod proto;

@@ -525,6 +525,9 @@ async fn crash_during_up_is_finished_on_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let identity = env.log_lines("up")[0].split(' ').nth(1).unwrap().to_owned();
+    // A crash in the middle of `up`, not in the first moments: the intent
+    // is flushed while `up` starts (see docs/storage.md).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let Env { registry, server, http, log } = env;
     let data = server.crash();
     assert!(create.await.unwrap().is_err(), "the client got an answer from a crashed server");

@@ -6,7 +6,11 @@ use std::collections::BTreeMap;
 
 use futures::TryStreamExt;
 
-use super::{error::Error, options::ClientArgs, remote::Remote};
+use super::{
+    error::Error,
+    options::{ClientArgs, DataArgs},
+    remote::Remote,
+};
 use crate::{
     challenge::{ChallengeInfo, NewChallenge},
     instance::Instance,
@@ -27,6 +31,16 @@ impl Backend {
         match args.url.as_deref().filter(|url| !url.is_empty()) {
             Some(url) => Ok(Self::Remote(Box::new(Remote::connect(url).await?))),
             None => Ok(Self::Local(args.data.open_manager()?)),
+        }
+    }
+
+    /// Like [`Backend::open`], but a server is only reached at the first
+    /// call, and again at each call after the connection is lost, so a
+    /// long-running command survives a server that starts late or restarts.
+    pub fn open_lazy(url: Option<&str>, data: &DataArgs) -> Result<Self, Error> {
+        match url.filter(|url| !url.is_empty()) {
+            Some(url) => Ok(Self::Remote(Box::new(Remote::connect_lazy(url)?))),
+            None => Ok(Self::Local(data.open_manager()?)),
         }
     }
 

@@ -94,6 +94,9 @@ pub enum Error {
     #[error("failed to set up logging: {0}")]
     Logging(String),
 
+    #[error(transparent)]
+    Janitor(#[from] crate::janitor::Error),
+
     #[error("failed to write the output: {0}")]
     Output(#[source] std::io::Error),
 }

@@ -11,6 +11,7 @@ mod challenge;
 mod error;
 mod flag;
 mod instance;
+mod janitor;
 mod logging;
 mod options;
 mod output;
@@ -41,16 +42,19 @@ pub enum Command {
     Challenge(challenge::Args),
     /// Deploy, show, list and destroy instances
     Instance(instance::Args),
+    /// Delete the instances whose end (until) has passed, once or every
+    /// --ticker interval
+    Janitor(janitor::Args),
     /// Compute per-instance flags inside a scenario
     Flag(flag::Args),
 }
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), Error> {
-    // A server reports its life; an operator command only its problems,
-    // since its result goes to stdout.
+    // A server and the janitor report their life; an operator command only
+    // its problems, since its result goes to stdout.
     let default_level = match cli.command {
-        Command::Serve(_) => "info",
+        Command::Serve(_) | Command::Janitor(_) => "info",
         Command::Challenge(_) | Command::Instance(_) | Command::Flag(_) => "warn",
     };
     logging::init(&cli.log, default_level)?;
@@ -59,6 +63,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Serve(args) => serve::run(args).await,
         Command::Challenge(args) => finish_on_interrupt(challenge::run(args)).await,
         Command::Instance(args) => finish_on_interrupt(instance::run(args)).await,
+        Command::Janitor(args) => janitor::run(args).await,
         Command::Flag(args) => flag::run(args),
     }
 }

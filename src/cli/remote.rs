@@ -3,7 +3,10 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use tonic::{Code, Status, transport::Channel};
+use tonic::{
+    Code, Status,
+    transport::{Channel, Endpoint},
+};
 
 use super::error::Error;
 use crate::{
@@ -34,29 +37,27 @@ impl Remote {
     /// Connects to a server. A URL without a scheme gets `http://`, because
     /// servers speak plain HTTP/2 unless a proxy in front adds TLS.
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        let url = if url.contains("://") { url.to_owned() } else { format!("http://{url}") };
-        if !url.starts_with("http://") {
-            let reason = "chall-manager serves plain HTTP (h2c), so the URL must start with http://; \
-                          put a TLS proxy in front of the server for TLS"
-                .to_owned();
-            return Err(Error::InvalidUrl { url, reason });
-        }
-        // A server that accepts the connection but never answers would
-        // otherwise hang the command; keepalive pings find it dead.
-        let endpoint = Channel::from_shared(url.clone())
-            .map_err(|err| Error::InvalidUrl { url: url.clone(), reason: err.to_string() })?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_INTERVAL)
-            .keep_alive_while_idle(true);
-
+        let (url, endpoint) = endpoint(url)?;
         let channel =
             endpoint.connect().await.map_err(|err| Error::Connect { url: url.clone(), reason: describe(&err) })?;
-        Ok(Self {
+        Ok(Self::with_channel(url, channel))
+    }
+
+    /// Prepares a connection without opening it: each call connects when
+    /// no connection is open, so the server may start or restart later.
+    /// A call that cannot connect fails with [`Error::Connect`].
+    pub fn connect_lazy(url: &str) -> Result<Self, Error> {
+        let (url, endpoint) = endpoint(url)?;
+        let channel = endpoint.connect_lazy();
+        Ok(Self::with_channel(url, channel))
+    }
+
+    fn with_channel(url: String, channel: Channel) -> Self {
+        Self {
             url,
             challenges: ChallengeStoreClient::new(channel.clone()),
             instances: InstanceManagerClient::new(channel),
-        })
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -149,8 +150,11 @@ impl Remote {
     /// the same hint as a failed connection. A plain HTTP response means the
     /// URL points at something other than chall-manager.
     fn status(&self, status: Status) -> Error {
-        if status.code() == Code::Unavailable && std::error::Error::source(&status).is_some() {
-            return Error::Connect { url: self.url.clone(), reason: describe(&status) };
+        // The status's own text is a debug dump, so describe its source.
+        if status.code() == Code::Unavailable
+            && let Some(source) = std::error::Error::source(&status)
+        {
+            return Error::Connect { url: self.url.clone(), reason: describe(source) };
         }
         // NOTE: tonic 0.14 writes this message for a plain HTTP response
         // without gRPC trailers. It offers no structured way to detect one.
@@ -223,6 +227,27 @@ impl Remote {
             deployed: Default::default(),
         })
     }
+}
+
+/// Checks a server URL, adding `http://` when it has no scheme, and
+/// configures the endpoint.
+fn endpoint(url: &str) -> Result<(String, Endpoint), Error> {
+    let url = if url.contains("://") { url.to_owned() } else { format!("http://{url}") };
+    if !url.starts_with("http://") {
+        let reason = "chall-manager serves plain HTTP (h2c), so the URL must start with http://; \
+                      put a TLS proxy in front of the server for TLS"
+            .to_owned();
+        return Err(Error::InvalidUrl { url, reason });
+    }
+    // A server that accepts the connection but never answers would
+    // otherwise hang the command; keepalive pings find it dead.
+    let endpoint = Channel::from_shared(url.clone())
+        .map_err(|err| Error::InvalidUrl { url: url.clone(), reason: err.to_string() })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_INTERVAL)
+        .keep_alive_while_idle(true);
+    Ok((url, endpoint))
 }
 
 /// Joins an error and its causes, because the top of a tonic transport

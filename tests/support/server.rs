@@ -30,9 +30,14 @@ impl Server {
 
     /// Starts a server over an existing data directory.
     pub fn start_in(data: TempDir, env: &[(&str, &str)]) -> Self {
+        Self::start_on_port(0, data, env)
+    }
+
+    /// Starts a server on a given port of 127.0.0.1; 0 lets the system pick.
+    pub fn start_on_port(port: u16, data: TempDir, env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_chall-manager"));
         command
-            .args(["serve", "--listen", "127.0.0.1", "--port", "0", "--oci-insecure", "--dir"])
+            .args(["serve", "--listen", "127.0.0.1", "--port", &port.to_string(), "--oci-insecure", "--dir"])
             .arg(data.path())
             .env("LOG_LEVEL", "info")
             .stdin(Stdio::null())
