@@ -1,0 +1,148 @@
+//! Benchmark of a janitor sweep: 10,000 stored instances of which 1,000 are
+//! expired, with a `down` that does nothing, against running those 1,000
+//! `down` commands outside chall-manager with the same parallelism.
+//!
+//! Run with `cargo bench --bench janitor`. The method and results are
+//! recorded in `docs/benchmarks.md`.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{Arc, atomic::AtomicUsize, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use chall_manager::scenario::{OciSettings, Scenarios};
+use serde_json::json;
+
+const UP: &str = r#"printf '{"connection_info":"nc 127.0.0.1 4242"}\n'"#;
+const DOWN: &str = "true";
+const KEPT_CHALLENGES: usize = 9;
+const INSTANCES_PER_CHALLENGE: usize = 1_000;
+const PARALLEL: usize = 8;
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(data_dir: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chall-manager"))
+            .args(["serve", "--listen", "127.0.0.1", "--port", "0", "--log-level", "warn", "--dir"])
+            .arg(data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start chall-manager serve");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let address = loop {
+            let line = lines.next().expect("serve exited before listening").unwrap();
+            if let Some(address) = line.split("listening on ").nth(1) {
+                break address.trim().to_owned();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, base: format!("http://{address}") }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+async fn post(http: &reqwest::Client, url: String, body: serde_json::Value) {
+    let response = http.post(url).json(&body).send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert!(status.is_success(), "{status}: {text}");
+}
+
+/// Runs `down` `count` times on `PARALLEL` threads, as a script would
+/// without chall-manager, and returns the wall time.
+fn run_downs_directly(scenario: &Path, state: &Path, count: usize) -> Duration {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..PARALLEL)
+        .map(|_| {
+            let (next, scenario, state) = (Arc::clone(&next), scenario.to_owned(), state.to_owned());
+            std::thread::spawn(move || {
+                while next.fetch_add(1, Ordering::Relaxed) < count {
+                    let status = Command::new("/bin/sh")
+                        .arg("-c")
+                        .arg(DOWN)
+                        .current_dir(&scenario)
+                        .env("CM_IDENTITY", "0123456789abcdef")
+                        .env("CM_ADDITIONAL", "{}")
+                        .env("CM_STATE_DIR", &state)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped())
+                        .output()
+                        .unwrap()
+                        .status;
+                    assert!(status.success());
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    started.elapsed()
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let work = tempfile::tempdir().unwrap();
+    let (data_dir, scenario_dir, state_dir) =
+        (work.path().join("data"), work.path().join("scenario"), work.path().join("state"));
+    for dir in [&data_dir, &scenario_dir, &state_dir] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(scenario_dir.join("scenario.yaml"), format!("runtime: exec\nup: {UP:?}\ndown: {DOWN:?}\n")).unwrap();
+    let scenarios = Scenarios::new(&data_dir, data_dir.join("cache"), OciSettings::default());
+    let reference = scenarios.pack(&scenario_dir).await.unwrap().reference;
+
+    let server = Server::start(&data_dir);
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let mut challenges: Vec<(String, Option<&str>)> =
+        (0..KEPT_CHALLENGES).map(|n| (format!("kept-{n}"), None)).collect();
+    // The expiring challenge comes last, so its instances expire together.
+    challenges.push(("expiring".to_owned(), Some("1s")));
+    for (id, timeout) in &challenges {
+        let body = json!({"id": id, "scenario": reference, "timeout": timeout});
+        post(&http, format!("{}/api/v1/challenge", server.base), body).await;
+        for source in 0..INSTANCES_PER_CHALLENGE {
+            let body = json!({"challengeId": id, "sourceId": source.to_string()});
+            post(&http, format!("{}/api/v1/instance", server.base), body).await;
+        }
+    }
+    let stored = challenges.len() * INSTANCES_PER_CHALLENGE;
+    println!("# chall-manager janitor benchmark");
+    println!("(stored {stored} instances, {INSTANCES_PER_CHALLENGE} expiring, in {:.1?})", started.elapsed());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let sweep_started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_chall-manager"))
+        .args(["janitor", "--log-level", "warn", "--parallel", &PARALLEL.to_string(), "--url", &server.base])
+        .output()
+        .unwrap();
+    let sweep = sweep_started.elapsed();
+    assert!(output.status.success(), "janitor failed: {}", String::from_utf8_lossy(&output.stderr));
+
+    let listed = http.get(format!("{}/api/v1/challenge/expiring", server.base)).send().await.unwrap().text().await.unwrap();
+    assert!(listed.contains(r#""instances":[]"#), "expired instances remain");
+
+    let direct = run_downs_directly(&scenario_dir, &state_dir, INSTANCES_PER_CHALLENGE);
+    println!("- {INSTANCES_PER_CHALLENGE} downs run directly, {PARALLEL} at a time: {direct:.1?}");
+    println!("- janitor sweep (process start to exit), --parallel {PARALLEL}: {sweep:.1?}");
+    println!("- ratio: {:.2} (target: at most 1.5)", sweep.as_secs_f64() / direct.as_secs_f64());
+}
