@@ -130,6 +130,15 @@ async fn main() {
     println!("(stored {stored} instances, {INSTANCES_PER_CHALLENGE} expiring, in {:.1?})", started.elapsed());
     tokio::time::sleep(Duration::from_secs(2)).await;
 
+    // The listing alone, as the janitor's first step makes it.
+    let listing_started = Instant::now();
+    let listing = Command::new(env!("CARGO_BIN_EXE_chall-manager"))
+        .args(["challenge", "list", "--output", "json", "--url", &server.base])
+        .output()
+        .unwrap();
+    let listing_time = listing_started.elapsed();
+    assert!(listing.status.success());
+
     let sweep_started = Instant::now();
     let output = Command::new(env!("CARGO_BIN_EXE_chall-manager"))
         .args(["janitor", "--log-level", "warn", "--parallel", &PARALLEL.to_string(), "--url", &server.base])
@@ -143,6 +152,7 @@ async fn main() {
 
     let direct = run_downs_directly(&scenario_dir, &state_dir, INSTANCES_PER_CHALLENGE);
     println!("- {INSTANCES_PER_CHALLENGE} downs run directly, {PARALLEL} at a time: {direct:.1?}");
+    println!("- listing {stored} instances with `challenge list --url`: {listing_time:.1?}");
     println!("- janitor sweep (process start to exit), --parallel {PARALLEL}: {sweep:.1?}");
     println!("- ratio: {:.2} (target: at most 1.5)", sweep.as_secs_f64() / direct.as_secs_f64());
 }
