@@ -204,7 +204,7 @@ impl Manager {
     }
 }
 
-/// The instance after a successful `up` of `target`, under a new identity
+/// Builds the instance after a successful `up` of `target`, under a new identity
 /// when one is given.
 fn with_outputs(instance: Instance, target: Deployed, outputs: Outputs, identity: Option<String>) -> Instance {
     Instance {
