@@ -147,7 +147,8 @@ async fn main() {
     let sweep = sweep_started.elapsed();
     assert!(output.status.success(), "janitor failed: {}", String::from_utf8_lossy(&output.stderr));
 
-    let listed = http.get(format!("{}/api/v1/challenge/expiring", server.base)).send().await.unwrap().text().await.unwrap();
+    let listed =
+        http.get(format!("{}/api/v1/challenge/expiring", server.base)).send().await.unwrap().text().await.unwrap();
     assert!(listed.contains(r#""instances":[]"#), "expired instances remain");
 
     let direct = run_downs_directly(&scenario_dir, &state_dir, INSTANCES_PER_CHALLENGE);

@@ -371,3 +371,31 @@ fn flag_variate_without_identity_is_usage_error() {
         assert!(output.stdout.is_empty(), "{}", String::from_utf8_lossy(&output.stdout));
     }
 }
+
+#[test]
+fn serve_with_json_logs_writes_only_json() {
+    use std::io::{BufRead, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = chall_manager(&["serve", "--listen", "127.0.0.1", "--port", "0", "--log-format", "json", "--dir"])
+        .arg(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+
+    let mut address = None;
+    for line in stderr.lines().take(20) {
+        let line = line.unwrap();
+        let event: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|err| panic!("not JSON: {line:?}: {err}"));
+        if event["fields"]["message"] == "listening" {
+            address = event["fields"]["address"].as_str().map(str::to_owned);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let address = address.expect("no `listening` event with an address");
+    assert!(address.starts_with("127.0.0.1:"), "{address}");
+}

@@ -60,7 +60,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
     logging::init(&cli.log, default_level)?;
 
     match cli.command {
-        Command::Serve(args) => serve::run(args).await,
+        Command::Serve(args) => serve::run(args, cli.log.log_format).await,
         Command::Challenge(args) => finish_on_interrupt(challenge::run(args)).await,
         Command::Instance(args) => finish_on_interrupt(instance::run(args)).await,
         Command::Janitor(args) => janitor::run(args).await,

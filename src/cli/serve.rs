@@ -22,7 +22,7 @@ pub struct Args {
 }
 
 /// Serves until SIGINT or SIGTERM, then lets requests in flight finish.
-pub async fn run(args: Args) -> Result<(), Error> {
+pub async fn run(args: Args, log_format: super::logging::LogFormat) -> Result<(), Error> {
     let manager = args.data.open_manager()?;
     let shutdown = shutdown_signal().map_err(Error::Serve)?;
     recover(&manager).await;
@@ -33,8 +33,11 @@ pub async fn run(args: Args) -> Result<(), Error> {
 
     info!(address = %bound, data_dir = %manager.data_dir().display(), "listening");
     // A plain line on stderr for scripts and tests started with `--port 0`,
-    // whatever the log level and format.
-    eprintln!("listening on {bound}");
+    // whatever the log level. With JSON logs, the `listening` event above
+    // carries the address, and stderr stays pure JSON lines.
+    if log_format == super::logging::LogFormat::Text {
+        eprintln!("listening on {bound}");
+    }
 
     crate::api::serve(listener, manager, shutdown).await.map_err(Error::Serve)?;
     info!("stopped");
