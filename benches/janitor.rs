@@ -6,55 +6,23 @@
 //! recorded in `docs/benchmarks.md`.
 
 use std::{
-    io::{BufRead, BufReader},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{Arc, atomic::AtomicUsize, atomic::Ordering},
     time::{Duration, Instant},
 };
 
 use chall_manager::scenario::{OciSettings, Scenarios};
 use serde_json::json;
+use support::Server;
+
+mod support;
 
 const UP: &str = r#"printf '{"connection_info":"nc 127.0.0.1 4242"}\n'"#;
 const DOWN: &str = "true";
 const KEPT_CHALLENGES: usize = 9;
 const INSTANCES_PER_CHALLENGE: usize = 1_000;
 const PARALLEL: usize = 8;
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(data_dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chall-manager"))
-            .args(["serve", "--listen", "127.0.0.1", "--port", "0", "--log-level", "warn", "--dir"])
-            .arg(data_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start chall-manager serve");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let address = loop {
-            let line = lines.next().expect("serve exited before listening").unwrap();
-            if let Some(address) = line.split("listening on ").nth(1) {
-                break address.trim().to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, base: format!("http://{address}") }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
-        let _ = self.child.wait();
-    }
-}
 
 async fn post(http: &reqwest::Client, url: String, body: serde_json::Value) {
     let response = http.post(url).json(&body).send().await.unwrap();

@@ -13,14 +13,17 @@
 //! `docs/benchmarks.md`.
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::Read,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use chall_manager::scenario::{OciSettings, Scenarios};
 use serde_json::{Value, json};
+use support::Server;
+
+mod support;
 
 /// The `up` of the measured scenario: it only prints its outputs.
 const UP: &str = r#"printf '{"connection_info":"nc 127.0.0.1 4242","flags":["FLAG{bench}"]}\n'"#;
@@ -29,46 +32,6 @@ const CREATE_SAMPLES: usize = 300;
 const CHALLENGES: usize = 1_000;
 const INSTANCES_PER_CHALLENGE: usize = 10;
 const RETRIEVE_SAMPLES: usize = 2_000;
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(data_dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chall-manager"))
-            .args(["serve", "--listen", "127.0.0.1", "--port", "0", "--log-level", "warn", "--dir"])
-            .arg(data_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start chall-manager serve");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let address = loop {
-            let line = lines.next().expect("serve exited before listening").unwrap();
-            if let Some(address) = line.split("listening on ").nth(1) {
-                break address.trim().to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, base: format!("http://{address}") }
-    }
-
-    fn rss_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|line| line.starts_with(field)).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
-        let _ = self.child.wait();
-    }
-}
 
 fn median(samples: &mut [Duration]) -> Duration {
     samples.sort();

@@ -103,7 +103,7 @@ impl Field {
     }
 }
 
-/// How running instances follow a scenario change.
+/// Strategy by which running instances follow a scenario change.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum UpdateStrategy {
     #[default]
@@ -296,7 +296,7 @@ impl Manager {
         Ok(ChallengeInfo { challenge, instances })
     }
 
-    /// Destroys every instance of a challenge in parallel, then forgets the
+    /// Destroys every instance of a challenge in parallel, then removes the
     /// challenge. When a destroy fails, the challenge and the instances that
     /// could not be destroyed are kept, so nothing is left running unseen.
     #[tracing::instrument(skip_all, fields(challenge_id = %id))]

@@ -42,7 +42,7 @@ pub struct Instance {
     /// Values given for this instance only, overriding the challenge's.
     #[serde(default)]
     pub additional: BTreeMap<String, String>,
-    /// What the last successful `up` ran with.
+    /// Scenario version and values of the last successful `up`.
     #[serde(default)]
     pub deployed: Deployed,
 }
@@ -197,7 +197,7 @@ impl Manager {
 
     /// Settles the deployments that a stopped process left half done.
     /// A deployment whose record is missing runs `up` again (its client may
-    /// have been answered already) and gets its record; one whose intent is
+    /// already have received a response) and gets its record; one whose intent is
     /// torn, so that its source is unknown, is destroyed. Returns how many
     /// deployments were settled; failures are logged and retried on the
     /// next call.
@@ -370,7 +370,7 @@ impl Manager {
         Ok(instance)
     }
 
-    /// Destroys the instance of a source and forgets it.
+    /// Destroys the instance of a source and removes its record.
     pub async fn delete_instance(&self, challenge_id: &str, source_id: &str) -> Result<()> {
         check_ids(challenge_id, source_id)?;
         let manager = self.clone();

@@ -17,7 +17,7 @@ use crate::{
     store::{self, Store},
 };
 
-/// Where the manager keeps its data and how it reaches registries.
+/// Locations of the manager's data, and its registry settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Data directory: challenges, instances, packed scenarios, the lock file.

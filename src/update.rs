@@ -172,36 +172,34 @@ impl Manager {
     ) -> Result<Outputs> {
         let (runner, scenario_dir) = self.load_runner_at(&version.scenario, &version.digest).await?;
         let state_dir = self.store.state_dir(&challenge.id, identity);
-        let deployment = Deployment {
-            scenario_dir: &scenario_dir,
-            identity,
-            additional: &version.additional,
-            state_dir: &state_dir,
-        };
-        runner.up(&deployment).await.map_err(|source| Error::Deploy {
-            action: "update",
-            challenge_id: challenge.id.clone(),
-            source_id: instance.source_id.clone(),
-            source,
-        })
+        let deployment = deployment_of(&scenario_dir, identity, version, &state_dir);
+        runner.up(&deployment).await.map_err(|source| deploy_error("update", challenge, instance, source))
     }
 
     async fn down(&self, challenge: &Challenge, instance: &Instance, identity: &str, version: &Deployed) -> Result<()> {
         let (runner, scenario_dir) = self.load_runner_at(&version.scenario, &version.digest).await?;
         let state_dir = self.store.state_dir(&challenge.id, identity);
-        let deployment = Deployment {
-            scenario_dir: &scenario_dir,
-            identity,
-            additional: &version.additional,
-            state_dir: &state_dir,
-        };
-        runner.down(&deployment).await.map_err(|source| Error::Deploy {
-            action: "destruction",
-            challenge_id: challenge.id.clone(),
-            source_id: instance.source_id.clone(),
-            source,
-        })
+        let deployment = deployment_of(&scenario_dir, identity, version, &state_dir);
+        runner.down(&deployment).await.map_err(|source| deploy_error("destruction", challenge, instance, source))
     }
+}
+
+fn deployment_of<'a>(
+    scenario_dir: &'a std::path::Path,
+    identity: &'a str,
+    version: &'a Deployed,
+    state_dir: &'a std::path::Path,
+) -> Deployment<'a> {
+    Deployment { scenario_dir, identity, additional: &version.additional, state_dir }
+}
+
+fn deploy_error(
+    action: &'static str,
+    challenge: &Challenge,
+    instance: &Instance,
+    source: crate::runner::Error,
+) -> Error {
+    Error::Deploy { action, challenge_id: challenge.id.clone(), source_id: instance.source_id.clone(), source }
 }
 
 /// Builds the instance after a successful `up` of `target`, under a new identity

@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use support::env::{Env, RECORDER};
 
-/// Second version of [`RECORDER`]: its outputs say `v2`.
+/// Second version of [`RECORDER`]: its outputs contain `v2`.
 const RECORDER_V2: &[(&str, &str)] = &[
     ("scenario.yaml", "runtime: exec\nup: sh up.sh\ndown: sh down.sh\n"),
     (

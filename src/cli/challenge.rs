@@ -156,8 +156,8 @@ async fn create(args: CreateArgs) -> Result<(), Error> {
 async fn scenario_reference(backend: &Backend, scenario: &str) -> Result<String, Error> {
     let dir = PathBuf::from(scenario);
     if !dir.is_dir() {
-        // A path-like value cannot be a registry reference: say so rather
-        // than report a malformed reference.
+        // A path-like value cannot be a registry reference, so report the
+        // missing directory rather than a malformed reference.
         if ["/", "./", "../", "~"].iter().any(|prefix| scenario.starts_with(prefix)) || scenario == "." {
             return Err(Error::MissingDirectory { dir });
         }

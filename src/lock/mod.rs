@@ -38,7 +38,7 @@ pub enum Mode {
     Write,
 }
 
-/// What a lock protects. Ids are reduced to [`store::key`] digests, so key
+/// Resource a lock protects. Ids are reduced to [`store::key`] digests, so key
 /// names are safe as file names and etcd keys.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum LockKey {

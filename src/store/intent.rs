@@ -6,7 +6,7 @@
 //! them needs no journal commit:
 //!
 //! - before `up`, the *intent* `instances/<key(source)>.<identity>.intent`
-//!   holds the instance record marked as deploying: everything but the
+//!   contains the instance record marked as deploying: everything but the
 //!   outputs of `up`. It is flushed while `up` runs, and the response waits
 //!   for that flush;
 //! - after `up`, the final record goes to
@@ -209,7 +209,7 @@ impl Store {
             let Some(record) = read_record(&spare) else {
                 // NOTE: a torn spare names no identity, so whatever its `up`
                 // created just before the crash is not destroyed.
-                warn!(path = %spare.display(), "removing a spare file that holds no usable record");
+                warn!(path = %spare.display(), "removing a spare file that contains no valid record");
                 remove_file_if_exists(&spare)?;
                 continue;
             };
