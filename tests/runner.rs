@@ -226,7 +226,9 @@ sleep 60
     let elapsed = started.elapsed();
     assert!(matches!(error, Error::TimedOut { .. }), "{error:?}");
     assert!(elapsed >= Duration::from_secs(1), "returned after {elapsed:?}");
-    assert!(elapsed < Duration::from_secs(3), "returned after {elapsed:?}");
+    // Far below the 60 s the script sleeps, with room for a loaded machine:
+    // the group gets SIGKILL at most 5 s after SIGTERM.
+    assert!(elapsed < Duration::from_secs(10), "returned after {elapsed:?}");
     let message = error.to_string();
     assert!(message.contains("timed out after 1s"), "{message}");
     assert!(message.contains("started"), "{message}");
@@ -280,7 +282,8 @@ echo '{"connection_info":"x"}'
     let still_running = is_running(service);
     kill(service);
     assert_eq!(outputs.unwrap().connection_info, "x");
-    assert!(elapsed < Duration::from_millis(800), "returned after {elapsed:?}");
+    // Waiting for the background process would take its 60 s.
+    assert!(elapsed < Duration::from_secs(5), "returned after {elapsed:?}");
     assert!(still_running, "the background process was stopped");
 }
 
