@@ -1,7 +1,9 @@
 //! The janitor: deletes the instances whose `until` has passed.
 //!
-//! A sweep lists every challenge with its claimed instances, then deletes
-//! each instance whose `until` is set and earlier than the current time.
+//! A sweep lists every challenge with its claimed instances and deletes
+//! each instance whose `until` is set and earlier than the time the sweep
+//! started. Deletions start with the first challenge listed, so on a large
+//! server most of the listing is read while instances are being deleted.
 //! The rules:
 //!
 //! - An instance without `until` is never deleted, whatever the settings
@@ -29,7 +31,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, stream};
+use futures::{StreamExt, stream, stream::BoxStream};
 use tracing::{debug, info, warn};
 
 use crate::{challenge::ChallengeInfo, instance::Instance};
@@ -50,8 +52,10 @@ pub enum Failure {
 pub trait Target: Send + Sync {
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// Lists every challenge with its claimed instances.
-    fn list_challenges(&self) -> impl Future<Output = Result<Vec<ChallengeInfo>, Self::Error>> + Send;
+    /// Streams every challenge with its claimed instances.
+    fn list_challenges(
+        &self,
+    ) -> impl Future<Output = Result<BoxStream<'_, Result<ChallengeInfo, Self::Error>>, Self::Error>> + Send;
 
     /// Deletes the instance of `source_id` for `challenge_id`.
     fn delete_instance(
@@ -81,6 +85,9 @@ pub enum Error {
 
     #[error("sweep incomplete: {failed} deletion(s) failed and {skipped} skipped; first failure: {first}")]
     Incomplete { failed: usize, skipped: usize, first: String },
+
+    #[error("sweep incomplete: the listing of challenges broke off, so some instances were not checked: {0}")]
+    ListingCut(String),
 }
 
 /// Tunables of the janitor.
@@ -278,12 +285,21 @@ enum CallError<E> {
     Failed { error: E, failure: Failure },
 }
 
-/// Outcome of one deletion.
-enum Deletion {
+/// What a sweep does with one listed instance, or with a listing error.
+enum Step<E> {
+    Delete(Instance),
+    Keep,
+    ListingCut(E),
+}
+
+/// Outcome of one [`Step`].
+enum Outcome {
     Deleted,
     AlreadyGone,
     Failed(String),
     Skipped,
+    Kept,
+    ListingCut(String),
 }
 
 /// Counts of one sweep.
@@ -302,11 +318,16 @@ pub struct Report {
     pub duration: Duration,
     /// Message of the first failed deletion, for a one-line report.
     pub first_failure: Option<String>,
+    /// Why the listing stopped before its end, if it did.
+    pub listing_cut: Option<String>,
 }
 
 impl Report {
-    /// Returns an error when some expired instance is still there.
+    /// Returns an error when some expired instance may still be there.
     pub fn check(&self) -> Result<(), Error> {
+        if let Some(reason) = &self.listing_cut {
+            return Err(Error::ListingCut(reason.clone()));
+        }
         if self.failed == 0 && self.skipped == 0 {
             return Ok(());
         }
@@ -316,19 +337,34 @@ impl Report {
             .unwrap_or_else(|| "the circuit breaker is open after repeated failures to reach the server".to_owned());
         Err(Error::Incomplete { failed: self.failed, skipped: self.skipped, first })
     }
+
+    fn add(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Deleted => self.deleted += 1,
+            Outcome::AlreadyGone => self.already_gone += 1,
+            Outcome::Skipped => self.skipped += 1,
+            Outcome::Kept => self.kept += 1,
+            Outcome::Failed(message) => {
+                self.failed += 1;
+                self.first_failure.get_or_insert(message);
+            }
+            Outcome::ListingCut(reason) => {
+                self.listing_cut.get_or_insert(reason);
+            }
+        }
+    }
 }
 
-/// Splits the listed instances into those to delete at `now` and the
-/// number of those to keep.
-pub fn expired_instances(challenges: &[ChallengeInfo], now: DateTime<Utc>) -> (Vec<&Instance>, usize) {
-    let mut expired = Vec::new();
-    let mut kept = 0;
-    for instance in challenges.iter().flat_map(|info| &info.instances) {
+/// Decides, at `now`, what to do with each instance of one listed challenge.
+fn steps<E>(listed: Result<ChallengeInfo, E>, now: DateTime<Utc>) -> Vec<Step<E>> {
+    let info = match listed {
+        Ok(info) => info,
+        Err(error) => return vec![Step::ListingCut(error)],
+    };
+    let step = |instance: Instance| {
         if instance.is_expired(now) {
-            expired.push(instance);
-            continue;
+            return Step::Delete(instance);
         }
-        kept += 1;
         let reason = if instance.until.is_some() { "not expired yet" } else { "no until" };
         debug!(
             challenge_id = %instance.challenge_id,
@@ -337,8 +373,9 @@ pub fn expired_instances(challenges: &[ChallengeInfo], now: DateTime<Utc>) -> (V
             reason,
             "keeping instance"
         );
-    }
-    (expired, kept)
+        Step::Keep
+    };
+    info.instances.into_iter().map(step).collect()
 }
 
 /// Sweeps one [`Target`] with a breaker that lives as long as the janitor,
@@ -367,34 +404,39 @@ impl<T: Target> Janitor<T> {
     /// into an error.
     pub async fn sweep(&self) -> Result<Report, Error> {
         let started = Instant::now();
-        let challenges = match self.call("list challenges", || self.target.list_challenges()).await {
-            Ok(challenges) => challenges,
+        let now = Utc::now();
+        let listing = match self.call("list challenges", || self.target.list_challenges()).await {
+            Ok(listing) => listing,
             Err(CallError::Rejected(rejected)) => return Err(Error::BreakerOpen { retry_in: rejected.retry_in }),
             Err(CallError::Failed { error, .. }) => return Err(Error::List(Box::new(error))),
         };
 
-        let (expired, kept) = expired_instances(&challenges, Utc::now());
-        let deletions: Vec<Deletion> =
-            stream::iter(expired).map(|instance| self.delete(instance)).buffer_unordered(self.parallel).collect().await;
-
-        let mut report = Report { kept, ..Report::default() };
-        for deletion in deletions {
-            match deletion {
-                Deletion::Deleted => report.deleted += 1,
-                Deletion::AlreadyGone => report.already_gone += 1,
-                Deletion::Skipped => report.skipped += 1,
-                Deletion::Failed(message) => {
-                    report.failed += 1;
-                    report.first_failure.get_or_insert(message);
-                }
-            }
+        let mut outcomes = listing
+            .flat_map(|listed| stream::iter(steps(listed, now)))
+            .map(|step| self.run(step))
+            .buffer_unordered(self.parallel);
+        let mut report = Report::default();
+        while let Some(outcome) = outcomes.next().await {
+            report.add(outcome);
         }
+
         report.duration = started.elapsed();
         log_report(&report);
         Ok(report)
     }
 
-    async fn delete(&self, instance: &Instance) -> Deletion {
+    async fn run(&self, step: Step<T::Error>) -> Outcome {
+        match step {
+            Step::Delete(instance) => self.delete(&instance).await,
+            Step::Keep => Outcome::Kept,
+            Step::ListingCut(error) => {
+                warn!(error = %error, "the listing of challenges broke off; the next sweep checks the rest");
+                Outcome::ListingCut(error.to_string())
+            }
+        }
+    }
+
+    async fn delete(&self, instance: &Instance) -> Outcome {
         let (challenge_id, source_id) = (instance.challenge_id.as_str(), instance.source_id.as_str());
         let until = instance.until.map(|until| crate::time::format_timestamp(&until));
         let result = self.call("delete instance", || self.target.delete_instance(challenge_id, source_id)).await;
@@ -402,18 +444,18 @@ impl<T: Target> Janitor<T> {
         match result {
             Ok(()) => {
                 info!(challenge_id, source_id, until, "deleted expired instance");
-                Deletion::Deleted
+                Outcome::Deleted
             }
             Err(CallError::Failed { failure: Failure::NotFound, .. }) => {
                 info!(challenge_id, source_id, until, "expired instance was already deleted");
-                Deletion::AlreadyGone
+                Outcome::AlreadyGone
             }
             Err(CallError::Failed { error, .. }) => {
                 let message = format!(
                     "failed to delete the instance of source {source_id:?} for challenge {challenge_id:?}: {error}"
                 );
                 warn!(challenge_id, source_id, until, error = %error, "failed to delete expired instance");
-                Deletion::Failed(message)
+                Outcome::Failed(message)
             }
             Err(CallError::Rejected(rejected)) => {
                 warn!(
@@ -423,7 +465,7 @@ impl<T: Target> Janitor<T> {
                     retry_in_ms = rejected.retry_in.as_millis() as u64,
                     "skipped deleting expired instance: circuit breaker open"
                 );
-                Deletion::Skipped
+                Outcome::Skipped
             }
         }
     }
@@ -627,10 +669,16 @@ mod tests {
             challenge("b", vec![instance("b", "now", Some(now)), instance("b", "future", Some(future))]),
         ];
 
-        let (expired, kept) = expired_instances(&challenges, now);
-        let ids: Vec<_> = expired.iter().map(|i| (i.challenge_id.as_str(), i.source_id.as_str())).collect();
-        assert_eq!(ids, [("a", "past")]);
-        assert_eq!(kept, 3);
+        let steps: Vec<_> = challenges.into_iter().flat_map(|info| steps::<()>(Ok(info), now)).collect();
+        let expired: Vec<_> = steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Delete(i) => Some((i.challenge_id.as_str(), i.source_id.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(expired, [("a", "past")]);
+        assert_eq!(steps.iter().filter(|step| matches!(step, Step::Keep)).count(), 3);
     }
 
     #[test]
@@ -644,5 +692,9 @@ mod tests {
 
         let skipped = Report { skipped: 2, ..Report::default() };
         assert!(skipped.check().is_err());
+
+        let cut = Report { listing_cut: Some("stream reset".into()), ..Report::default() };
+        let message = cut.check().unwrap_err().to_string();
+        assert!(message.contains("broke off") && message.contains("stream reset"), "{message}");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 
 use super::{
     error::Error,
@@ -59,9 +59,15 @@ impl Backend {
     }
 
     pub async fn list_challenges(&self) -> Result<Vec<ChallengeInfo>, Error> {
+        self.stream_challenges().await?.try_collect().await
+    }
+
+    /// Streams every challenge, so that a caller can act on the first ones
+    /// while the others are still read.
+    pub async fn stream_challenges(&self) -> Result<BoxStream<'_, Result<ChallengeInfo, Error>>, Error> {
         match self {
-            Self::Local(manager) => Ok(manager.list_challenges().try_collect().await?),
-            Self::Remote(remote) => remote.list_challenges().await,
+            Self::Local(manager) => Ok(manager.list_challenges().map_err(Error::from).boxed()),
+            Self::Remote(remote) => remote.stream_challenges().await,
         }
     }
 

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use futures::stream::BoxStream;
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     time::MissedTickBehavior,
@@ -147,8 +148,8 @@ impl Signals {
 impl janitor::Target for Backend {
     type Error = Error;
 
-    async fn list_challenges(&self) -> Result<Vec<ChallengeInfo>, Error> {
-        Backend::list_challenges(self).await
+    async fn list_challenges(&self) -> Result<BoxStream<'_, Result<ChallengeInfo, Error>>, Error> {
+        self.stream_challenges().await
     }
 
     async fn delete_instance(&self, challenge_id: &str, source_id: &str) -> Result<(), Error> {

@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use futures::{StreamExt, stream::BoxStream};
 use tonic::{
     Code, Status,
     transport::{Channel, Endpoint},
@@ -85,14 +86,13 @@ impl Remote {
         self.challenge_from_proto(response.into_inner())
     }
 
-    pub async fn list_challenges(&self) -> Result<Vec<ChallengeInfo>, Error> {
-        let mut stream =
+    /// Streams every challenge as the server sends it.
+    pub async fn stream_challenges(&self) -> Result<BoxStream<'_, Result<ChallengeInfo, Error>>, Error> {
+        let stream =
             self.challenges.clone().query_challenge(()).await.map_err(|status| self.status(status))?.into_inner();
-        let mut challenges = Vec::new();
-        while let Some(message) = stream.message().await.map_err(|status| self.status(status))? {
-            challenges.push(self.challenge_from_proto(message)?);
-        }
-        Ok(challenges)
+        let challenges =
+            stream.map(|message| self.challenge_from_proto(message.map_err(|status| self.status(status))?));
+        Ok(challenges.boxed())
     }
 
     pub async fn delete_challenge(&self, id: &str) -> Result<(), Error> {
