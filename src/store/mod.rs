@@ -14,6 +14,7 @@
 //! <dir>/challenges/<key(challenge id)>/instances/<key(source id)>.<identity>.commit
 //! <dir>/challenges/<key(challenge id)>/state/<identity>/     CM_STATE_DIR of an instance
 //! <dir>/spare/                              files and directories made ahead of time
+//! <dir>/trash/                              state directories waiting for removal (see `trash`)
 //! ```
 //!
 //! `key(id)` is the first 32 hex digits of SHA-256(id). Locking is not this
@@ -23,6 +24,7 @@
 mod atomic;
 mod intent;
 mod spare;
+mod trash;
 
 use std::{
     io,
@@ -35,6 +37,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{challenge::Challenge, instance::Instance};
 use spare::Spares;
+use trash::Trash;
 
 pub use atomic::write_atomic;
 pub use intent::{FoundIntent, Intent};
@@ -74,6 +77,7 @@ pub fn key(id: &str) -> String {
 pub struct Store {
     root: PathBuf,
     spares: Arc<Spares>,
+    trash: Arc<Trash>,
 }
 
 impl Store {
@@ -84,7 +88,9 @@ impl Store {
         std::fs::create_dir_all(&challenges).map_err(io_error("create", &challenges))?;
         let spare_dir = root.join("spare");
         let spares = Spares::open(spare_dir.clone()).map_err(io_error("open", &spare_dir))?;
-        Ok(Self { root, spares })
+        let trash_dir = root.join("trash");
+        let trash = Trash::open(trash_dir.clone()).map_err(io_error("open", &trash_dir))?;
+        Ok(Self { root, spares, trash: Arc::new(trash) })
     }
 
     pub fn root(&self) -> &Path {
@@ -214,21 +220,23 @@ impl Store {
     pub async fn delete_instance(&self, instance: &Instance) -> Result<()> {
         let file = self.instance_file(&instance.challenge_id, &instance.source_id);
         let state = self.state_dir(&instance.challenge_id, &instance.identity);
+        let trash = Arc::clone(&self.trash);
         blocking(move || {
             remove_file_if_exists(&file)?;
             if let Some(parent) = file.parent() {
                 atomic::sync_dir(parent).map_err(io_error("sync", parent))?;
             }
-            remove_dir_if_exists(&state)
+            trash.discard(&state).map_err(io_error("remove", &state))
         })
         .await
     }
 
     /// Removes a state directory left by a deployment that failed before
-    /// its record was written.
+    /// its record was written, or replaced by a new deployment.
     pub async fn delete_state_dir(&self, challenge_id: &str, identity: &str) -> Result<()> {
         let state = self.state_dir(challenge_id, identity);
-        blocking(move || remove_dir_if_exists(&state)).await
+        let trash = Arc::clone(&self.trash);
+        blocking(move || trash.discard(&state).map_err(io_error("remove", &state))).await
     }
 
     /// Creates an empty state directory, removing an old one first.
