@@ -9,8 +9,8 @@
 //!
 //! Nothing in the trash is ever read again, so a crash only delays its
 //! removal: the next process that opens the data directory empties it.
-//! Replicas sharing the directory may remove the same entries; whoever
-//! comes second finds them gone, which is fine.
+//! Replicas sharing the directory may try to remove the same entries. The
+//! second removal finds the entry gone and counts it as done.
 
 use std::{
     io,
@@ -112,7 +112,7 @@ mod tests {
     }
 
     #[test]
-    fn discarded_directories_leave_their_place_and_are_removed() {
+    fn discard_moves_then_removes() {
         let root = tempfile::tempdir().unwrap();
         let state = root.path().join("state");
         std::fs::create_dir_all(state.join("nested")).unwrap();
@@ -126,7 +126,7 @@ mod tests {
     }
 
     #[test]
-    fn leftovers_of_a_previous_process_are_removed_at_open() {
+    fn open_removes_leftovers() {
         let root = tempfile::tempdir().unwrap();
         let leftover = root.path().join("trash/0123456789abcdef-00");
         std::fs::create_dir_all(&leftover).unwrap();
@@ -137,7 +137,7 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_directory_counts_as_discarded() {
+    fn discard_missing_directory() {
         let root = tempfile::tempdir().unwrap();
         let trash = Trash::open(root.path().join("trash")).unwrap();
         trash.discard(&root.path().join("never-created")).unwrap();
