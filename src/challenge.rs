@@ -134,17 +134,48 @@ fn check_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_pool_bounds(min: i64, max: i64) -> Result<()> {
-    if min < 0 {
-        return Err(Error::invalid("min", "must be a positive integer"));
+/// A rule that pool bounds break, as the pool bounds check reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolViolation {
+    MinNegative,
+    MaxNegative,
+    /// `min` exceeds a nonzero `max` (0 means no upper bound).
+    MinAboveMax,
+}
+
+impl std::fmt::Display for PoolViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::MinNegative => "min must not be negative",
+            Self::MaxNegative => "max must not be negative",
+            Self::MinAboveMax => "min must not exceed max when max is set",
+        })
     }
-    if max < 0 {
-        return Err(Error::invalid("max", "must be a positive integer"));
+}
+
+/// Checks the pool bounds that are given, as upstream does: a bound left
+/// out (`None`, not in the update mask) is not checked, and the order of
+/// the bounds is only checked when both are given. Every broken rule is
+/// reported, not only the first.
+fn check_pool_bounds(min: Option<i64>, max: Option<i64>) -> Result<()> {
+    let mut violations = Vec::new();
+    if min.is_some_and(|min| min < 0) {
+        violations.push(PoolViolation::MinNegative);
     }
-    if max > 0 && min > max {
-        return Err(Error::invalid("min", "must not exceed max when max is set"));
+    if max.is_some_and(|max| max < 0) {
+        violations.push(PoolViolation::MaxNegative);
     }
-    Ok(())
+    if let (Some(min), Some(max)) = (min, max)
+        && max > 0
+        && min > max
+    {
+        violations.push(PoolViolation::MinAboveMax);
+    }
+
+    if violations.is_empty() {
+        return Ok(());
+    }
+    Err(Error::PoolOutOfBounds { min, max, violations })
 }
 
 impl Manager {
@@ -152,11 +183,12 @@ impl Manager {
     /// fetched and is a scenario this server can run.
     #[tracing::instrument(skip_all, fields(challenge_id = %new.id, scenario = %new.scenario))]
     pub async fn create_challenge(&self, new: NewChallenge) -> Result<ChallengeInfo> {
+        // Pool bounds first, as upstream checks them before anything else.
+        check_pool_bounds(Some(new.min), Some(new.max))?;
         check_id(&new.id)?;
         if new.scenario.is_empty() {
             return Err(Error::invalid("scenario", "must not be empty"));
         }
-        check_pool_bounds(new.min, new.max)?;
 
         let _lock = self.locks.challenge(&new.id, Mode::Write).await?;
         if self.store.load_challenge(&new.id).await?.is_some() {
@@ -260,6 +292,9 @@ impl Manager {
     pub async fn update_challenge(&self, update: ChallengeUpdate) -> Result<ChallengeInfo> {
         check_id(&update.id)?;
         let masked = |field| update.mask.contains(&field);
+        // The bounds of the request first, before the challenge is read, as
+        // upstream does. The stored bounds are checked with them below.
+        check_pool_bounds(masked(Field::Min).then_some(update.min), masked(Field::Max).then_some(update.max))?;
         if masked(Field::Scenario) && update.scenario.as_deref().unwrap_or_default().is_empty() {
             return Err(Error::invalid("scenario", "must not be empty"));
         }
@@ -269,7 +304,7 @@ impl Manager {
         let mut challenge = old.clone();
         challenge.min = if masked(Field::Min) { update.min } else { old.min };
         challenge.max = if masked(Field::Max) { update.max } else { old.max };
-        check_pool_bounds(challenge.min, challenge.max)?;
+        check_pool_bounds(Some(challenge.min), Some(challenge.max))?;
         if let Some(reference) = update.scenario.as_deref().filter(|_| masked(Field::Scenario))
             && reference != old.scenario
         {
@@ -369,13 +404,32 @@ mod tests {
         assert!(!challenge(None, None).is_expired(at(end)));
     }
 
+    fn pool_violations(min: Option<i64>, max: Option<i64>) -> Vec<PoolViolation> {
+        match check_pool_bounds(min, max) {
+            Ok(()) => Vec::new(),
+            Err(Error::PoolOutOfBounds { violations, .. }) => violations,
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+
     #[test]
     fn pool_bounds_are_checked() {
-        assert!(check_pool_bounds(0, 0).is_ok());
-        assert!(check_pool_bounds(2, 0).is_ok());
-        assert!(check_pool_bounds(1, 2).is_ok());
-        assert!(check_pool_bounds(-1, 0).is_err());
-        assert!(check_pool_bounds(0, -1).is_err());
-        assert!(check_pool_bounds(3, 2).is_err());
+        use PoolViolation::*;
+        assert_eq!(pool_violations(Some(0), Some(0)), []);
+        assert_eq!(pool_violations(Some(2), Some(0)), [], "max 0 sets no upper bound");
+        assert_eq!(pool_violations(Some(1), Some(2)), []);
+        assert_eq!(pool_violations(Some(-1), Some(0)), [MinNegative]);
+        assert_eq!(pool_violations(Some(0), Some(-1)), [MaxNegative]);
+        assert_eq!(pool_violations(Some(3), Some(2)), [MinAboveMax]);
+        assert_eq!(pool_violations(Some(-1), Some(-2)), [MinNegative, MaxNegative], "every rule is reported");
+    }
+
+    #[test]
+    fn pool_bounds_left_out_are_not_checked() {
+        use PoolViolation::*;
+        assert_eq!(pool_violations(None, None), []);
+        assert_eq!(pool_violations(Some(3), None), [], "the order needs both bounds");
+        assert_eq!(pool_violations(None, Some(-1)), [MaxNegative]);
+        assert_eq!(pool_violations(Some(-1), None), [MinNegative]);
     }
 }

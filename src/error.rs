@@ -4,12 +4,23 @@
 //! to gRPC statuses and REST bodies in one place (`api::status`); the
 //! variants only carry the facts (ids, fields, causes).
 
-use crate::{lock, runner, scenario, store};
+use crate::{challenge::PoolViolation, lock, runner, scenario, store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid {field}: {reason}")]
     InvalidArgument { field: &'static str, reason: String },
+
+    /// Pool bounds that break one or more rules. A bound is `None` when
+    /// the request left it out, so it was not checked.
+    #[error("invalid pool bounds (min {}, max {}): {}", format_bound(*.min), format_bound(*.max), join_violations(.violations))]
+    PoolOutOfBounds { min: Option<i64>, max: Option<i64>, violations: Vec<PoolViolation> },
+
+    /// An update mask path that names no field of the update request.
+    #[error(
+        "invalid update mask: unknown path {path:?} (expected some of scenario, timeout, until, additional, min, max)"
+    )]
+    InvalidUpdateMask { paths: Vec<String>, path: String },
 
     #[error("challenge {id:?} already exists")]
     ChallengeExists { id: String },
@@ -77,6 +88,14 @@ pub enum Error {
 
     #[error("background task failed")]
     Task(#[from] tokio::task::JoinError),
+}
+
+fn format_bound(value: Option<i64>) -> String {
+    value.map_or_else(|| "unchanged".to_owned(), |value| value.to_string())
+}
+
+fn join_violations(violations: &[PoolViolation]) -> String {
+    violations.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -309,7 +309,11 @@ async fn scenario_without_known_layout_is_rejected() {
     let (status, error) = env.post("/api/v1/challenge", json!({"id": "1", "scenario": scenario})).await;
     assert_eq!(status, 400, "{error}");
     assert_eq!(error["code"], 3);
-    assert!(error["message"].as_str().unwrap().contains(&scenario), "the error names the scenario: {error}");
+    assert_eq!(
+        error["details"][0]["metadata"]["reference"],
+        scenario.as_str(),
+        "the error names the scenario: {error}"
+    );
 }
 
 #[tokio::test]
@@ -320,7 +324,9 @@ async fn pulumi_scenario_is_rejected_at_creation() {
 
     let (status, error) = env.post("/api/v1/challenge", json!({"id": "1", "scenario": scenario})).await;
     assert_eq!(status, 400, "{error}");
-    assert!(error["message"].as_str().unwrap().contains("not supported yet"), "{error}");
+    let violation = &error["details"][3]["fieldViolations"][0];
+    assert_eq!(violation["reason"], "VALIDATION", "{error}");
+    assert!(violation["description"].as_str().unwrap().contains("not supported yet"), "{error}");
     let (status, _) = env.get("/api/v1/challenge/1").await;
     assert_eq!(status, 404);
 }

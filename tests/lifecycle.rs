@@ -280,7 +280,8 @@ async fn failed_destroy_keeps_the_challenge() {
     instance(&env, "1", "3").await;
 
     let (status, error) = env.delete("/api/v1/challenge/1").await;
-    assert_eq!(status, 400, "{error}");
+    assert_eq!((status, error["code"].clone()), (500, json!(13)), "{error}");
+    assert_eq!(error["details"][0]["reason"], "CHALLENGE_INSTANCES_LEFT", "{error}");
     assert!(error["message"].as_str().unwrap().contains("sources 3"), "{error}");
     let (status, kept) = env.get("/api/v1/challenge/1").await;
     assert_eq!(status, 200, "{kept}");

@@ -108,6 +108,10 @@ pub fn timestamp_from_proto(value: prost_types::Timestamp) -> Result<DateTime<Ut
 /// request field that is not a challenge property (`id`,
 /// `update_strategy`, `update_mask`) are accepted and ignored, as upstream
 /// accepts every valid path of the request.
+///
+/// NOTE: upstream also accepts sub-paths of message fields, such as
+/// `timeout.seconds`, then ignores them. They are rejected here, because
+/// they would change nothing.
 fn mask_fields(mask: Option<prost_types::FieldMask>) -> Result<Vec<Field>> {
     let Some(mask) = mask else {
         return Ok(Vec::new());
@@ -119,10 +123,7 @@ fn mask_fields(mask: Option<prost_types::FieldMask>) -> Result<Vec<Field>> {
                 fields.push(field);
             }
         } else if !matches!(path.as_str(), "id" | "update_strategy" | "update_mask") {
-            return Err(Error::invalid(
-                "update_mask",
-                format!("unknown path {path:?} (expected some of scenario, timeout, until, additional, min, max)"),
-            ));
+            return Err(Error::InvalidUpdateMask { paths: mask.paths.clone(), path: path.clone() });
         }
     }
     Ok(fields)
@@ -183,7 +184,7 @@ mod tests {
     fn mask_rejects_unknown_paths() {
         for path in ["flag", "timeout.seconds", "updateStrategy", ""] {
             let err = mask_fields(mask(&[path])).unwrap_err();
-            assert!(matches!(err, Error::InvalidArgument { field: "update_mask", .. }), "{path}: {err}");
+            assert!(matches!(&err, Error::InvalidUpdateMask { path: bad, .. } if bad == path), "{path}: {err}");
         }
     }
 

@@ -18,12 +18,16 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tonic::Code;
 use tonic_types::{
-    BadRequest, ErrorDetail, ErrorInfo, FieldViolation, PreconditionFailure, PreconditionViolation, ResourceInfo,
-    StatusExt,
+    BadRequest, ErrorDetail, ErrorInfo, FieldViolation, Help, HelpLink, PreconditionFailure, PreconditionViolation,
+    ResourceInfo, StatusExt,
 };
 use tracing::{debug, error, info};
 
-use crate::{error::Error, scenario::ErrorKind};
+use crate::{
+    challenge::PoolViolation,
+    error::Error,
+    scenario::{self, ErrorKind},
+};
 
 /// Domain of every `ErrorInfo` detail, the one upstream uses.
 pub const DOMAIN: &str = "github.com/ctfer-io/chall-manager";
@@ -91,15 +95,32 @@ impl ApiError {
         tonic::Status::with_error_details_vec(self.code, self.message, self.details)
     }
 
-    fn with_info<'a>(mut self, reason: &str, metadata: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+    fn with_info<'a>(self, reason: &str, metadata: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        self.with_info_in(DOMAIN, reason, metadata)
+    }
+
+    fn with_info_in<'a>(
+        mut self,
+        domain: &str,
+        reason: &str,
+        metadata: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Self {
         let metadata: HashMap<String, String> =
             metadata.into_iter().map(|(key, value)| (key.to_owned(), value.to_owned())).collect();
-        self.details.push(ErrorInfo::new(reason, DOMAIN, metadata).into());
+        self.details.push(ErrorInfo::new(reason, domain, metadata).into());
         self
     }
 
-    fn with_violation(mut self, field: &str, description: &str) -> Self {
-        self.details.push(BadRequest::new([FieldViolation::new(field, description)]).into());
+    /// Adds a `BadRequest` with one violation. `reason` may be empty.
+    fn with_violation(mut self, field: &str, reason: &str, description: &str) -> Self {
+        self.details.push(BadRequest::new([field_violation(field, reason, description)]).into());
+        self
+    }
+
+    fn with_help<'a>(mut self, links: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let links: Vec<HelpLink> =
+            links.into_iter().map(|(description, url)| HelpLink::new(description, url)).collect();
+        self.details.push(Help::new(links).into());
         self
     }
 
@@ -143,13 +164,20 @@ impl IntoResponse for ApiError {
 
 /// Picks the code, message and details of an operation error.
 fn map(err: &Error) -> ApiError {
-    if err.is_internal() {
-        return ApiError::new(Code::Internal, INTERNAL_MESSAGE).with_info("INTERNAL_ERROR", []);
-    }
     match err {
+        // Before `is_internal`: a registry failure is internal, but keeps
+        // upstream's OCI_INTERACTION reason.
+        Error::Scenario { reference, source } => scenario_status(reference, source),
+
+        _ if err.is_internal() => internal(),
+
         Error::InvalidArgument { field, reason } => ApiError::new(Code::InvalidArgument, err.to_string())
-            .with_info(invalid_argument_reason(field), [("field", *field)])
-            .with_violation(field, reason),
+            .with_info("INVALID_ARGUMENT", [("field", *field)])
+            .with_violation(field, "", reason),
+
+        Error::PoolOutOfBounds { min, max, violations } => pool_status(*min, *max, violations),
+
+        Error::InvalidUpdateMask { paths, .. } => update_mask_status(paths),
 
         Error::ChallengeExists { id } => ApiError::new(Code::AlreadyExists, "Challenge already exists.")
             .with_info("CHALLENGE_ALREADY_EXISTS", [("id", id.as_str())])
@@ -195,23 +223,7 @@ fn map(err: &Error) -> ApiError {
                 )
         }
 
-        Error::Scenario { reference, source } => {
-            let (code, reason) = match source.kind() {
-                ErrorKind::Malformed => (Code::InvalidArgument, "OCI_REFERENCE_MALFORMED"),
-                ErrorKind::NotFound => (Code::InvalidArgument, "OCI_REFERENCE_NOT_FOUND"),
-                ErrorKind::Invalid => (Code::InvalidArgument, "SCENARIO_NON_MATCHING_SPECIFICATION"),
-                ErrorKind::Unreachable | ErrorKind::Unauthorized => (Code::FailedPrecondition, "OCI_INTERACTION"),
-                // Handled by `is_internal` above; kept total in case that changes.
-                ErrorKind::Internal => (Code::Internal, "OCI_INTERACTION"),
-            };
-            ApiError::new(code, err.to_string())
-                .with_info(reason, [("reference", reference.as_str())])
-                .with_violation("scenario", &source.to_string())
-        }
-
-        Error::InvalidScenario { reference, source } => ApiError::new(Code::InvalidArgument, err.to_string())
-            .with_info("SCENARIO_NON_MATCHING_SPECIFICATION", [("reference", reference.as_str())])
-            .with_violation("scenario", &source.to_string()),
+        Error::InvalidScenario { reference, source } => non_matching_scenario(reference, &source.to_string()),
 
         // The message carries the scenario's output, which is meant for the
         // ChallMaker: the CTFd plugin shows the message of an Unknown error.
@@ -220,9 +232,13 @@ fn map(err: &Error) -> ApiError {
             ApiError::new(Code::Unknown, err.to_string()).with_info(&reason, instance_ids(challenge_id, source_id))
         }
 
+        // Internal, the code upstream returns when a destroy fails during a
+        // challenge deletion. The message names the sources and carries the
+        // scenario's output, like a failed deployment, because the
+        // ChallMaker has to act on them. It names no server path.
         Error::InstancesLeft { id, sources, .. } => {
             let sources = sources.join(",");
-            ApiError::new(Code::FailedPrecondition, err.to_string())
+            ApiError::new(Code::Internal, err.to_string())
                 .with_info("CHALLENGE_INSTANCES_LEFT", [("id", id.as_str()), ("source_ids", sources.as_str())])
         }
         // The message carries the scenario's stderr, like a failed deployment.
@@ -232,21 +248,157 @@ fn map(err: &Error) -> ApiError {
                 .with_info("INSTANCE_UPDATE_FAILED", [("id", id.as_str()), ("source_ids", sources.as_str())])
         }
 
-        // Internal by `is_internal`, which returned above.
-        Error::Store(_) | Error::Lock(_) | Error::Task(_) => {
-            ApiError::new(Code::Internal, INTERNAL_MESSAGE).with_info("INTERNAL_ERROR", [])
-        }
+        // Internal by `is_internal`, which matched above.
+        Error::Store(_) | Error::Lock(_) | Error::Task(_) => internal(),
     }
 }
 
-/// Keeps the upstream reasons for the checks upstream has, so clients that
-/// match on them keep working.
-fn invalid_argument_reason(field: &str) -> &'static str {
-    match field {
-        "min" | "max" => "CHALLENGE_POOLER_OUT_OF_BOUNDS",
-        "update_mask" => "CHALLENGE_INVALID_UPDATE_MASK",
-        _ => "INVALID_ARGUMENT",
+fn internal() -> ApiError {
+    ApiError::new(Code::Internal, INTERNAL_MESSAGE).with_info("INTERNAL_ERROR", [])
+}
+
+/// Reports every broken pool rule in one `BadRequest`, with the bounds that
+/// were checked in the `ErrorInfo` metadata.
+fn pool_status(min: Option<i64>, max: Option<i64>, violations: &[PoolViolation]) -> ApiError {
+    let (min, max) = (min.map(|min| min.to_string()), max.map(|max| max.to_string()));
+    let metadata = [("min", min.as_deref()), ("max", max.as_deref())]
+        .into_iter()
+        .filter_map(|(key, value)| value.map(|value| (key, value)));
+    let field_violations = violations.iter().map(|violation| match violation {
+        PoolViolation::MinNegative => {
+            field_violation("min", "MUST_BE_POSITIVE", "Minimum boundary must be a positive integer.")
+        }
+        PoolViolation::MaxNegative => {
+            field_violation("max", "MUST_BE_POSITIVE", "Maximum boundary must be a positive integer.")
+        }
+        PoolViolation::MinAboveMax => field_violation(
+            "min",
+            "INVERTED_BOUNDARIES",
+            "When an upper bound is defined, minimum cannot exceed maximum.",
+        ),
+    });
+
+    let mut status = ApiError::new(Code::InvalidArgument, "Pooler configuration out of bounds.")
+        .with_info("CHALLENGE_POOLER_OUT_OF_BOUNDS", metadata);
+    status.details.push(BadRequest::new(field_violations.collect::<Vec<_>>()).into());
+    status
+}
+
+fn update_mask_status(paths: &[String]) -> ApiError {
+    let mask = mask_text(paths);
+    ApiError::new(Code::InvalidArgument, "Invalid update mask.")
+        .with_info("CHALLENGE_INVALID_UPDATE_MASK", [("update-mask", mask.as_str())])
+        .with_violation("update-mask", "INVALID_UPDATE_MASK", "The update mask is malformed.")
+        .with_help([
+            (
+                "Protocol Buffers > Well-Known Types > Field mask",
+                "https://protobuf.dev/reference/protobuf/google.protobuf/#field-mask",
+            ),
+            ("AIP-161 Field masks", "https://google.aip.dev/161"),
+        ])
+}
+
+/// Writes a field mask in protobuf text format (`paths:"a" paths:"b"`),
+/// the form upstream puts in the `update-mask` metadata.
+fn mask_text(paths: &[String]) -> String {
+    let quoted: Vec<String> = paths.iter().map(|path| format!("paths:\"{}\"", text_escape(path))).collect();
+    quoted.join(" ")
+}
+
+/// Escapes a string for a protobuf text format literal.
+fn text_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        match character {
+            '"' => escaped.push_str("\\\""),
+            '\\' => escaped.push_str("\\\\"),
+            '\n' => escaped.push_str("\\n"),
+            '\r' => escaped.push_str("\\r"),
+            '\t' => escaped.push_str("\\t"),
+            control if control.is_control() && control.is_ascii() => {
+                escaped.push_str(&format!("\\x{:02x}", control as u8));
+            }
+            other => escaped.push(other),
+        }
     }
+    escaped
+}
+
+/// Maps a failure to resolve or fetch a scenario as upstream maps its OCI
+/// and scenario validation errors. The messages are upstream's fixed
+/// ones. The cause is in the details where upstream puts it, and in the log.
+fn scenario_status(reference: &str, source: &scenario::Error) -> ApiError {
+    let oci_domain = format!("{DOMAIN}/OCI");
+    let reference_info = [("reference", reference)];
+    match source.kind() {
+        ErrorKind::Malformed => ApiError::new(Code::InvalidArgument, "OCI reference is malformed.")
+            .with_info("OCI_REFERENCE_MALFORMED", reference_info)
+            .with_resource("Reference", reference, &source.to_string())
+            .with_help([(
+                "OCI Image Format specification GitHub repository.",
+                "https://github.com/opencontainers/image-spec",
+            )]),
+
+        ErrorKind::NotFound => ApiError::new(Code::InvalidArgument, "Registry does not contain reference.")
+            .with_info_in(&oci_domain, "OCI_REFERENCE_NOT_FOUND", reference_info)
+            .with_violation("scenario", "OCI_REFERENCE_NOT_FOUND", "Reference not found."),
+
+        // Failed precondition: the registry may come back, so a retry can
+        // succeed.
+        ErrorKind::Unreachable => {
+            ApiError::new(Code::FailedPrecondition, "Registry is not available. You might want to try again later.")
+                .with_info_in(&oci_domain, "OCI_INTERACTION", reference_info)
+                .with_violation("scenario", "OCI_INTERACTION", "Registry is unreachable.")
+        }
+
+        ErrorKind::Unauthorized => ApiError::new(
+            Code::FailedPrecondition,
+            "Registry requires authentication. You may not be authorized to use it.",
+        )
+        .with_info_in(&oci_domain, "OCI_INTERACTION", reference_info)
+        .with_violation(
+            "scenario",
+            "OCI_INTERACTION",
+            "The reference of provided scenario is hosted on a registry that requires authentication, \
+             for which credentials did not match.",
+        ),
+
+        ErrorKind::Invalid => non_matching_scenario(reference, &source.to_string()),
+
+        // Only the registry's own failures are OCI interactions. Local I/O
+        // in the scenario cache is the server's own failure.
+        ErrorKind::Internal => match source {
+            scenario::Error::Registry { .. } => {
+                ApiError::new(Code::Internal, "OCI interaction failed.").with_info("OCI_INTERACTION", reference_info)
+            }
+            _ => internal(),
+        },
+    }
+}
+
+/// Maps a scenario that is fetched but that this server cannot run.
+/// `cause` says what the runner or the extraction rejected, for the
+/// ChallMaker.
+fn non_matching_scenario(reference: &str, cause: &str) -> ApiError {
+    ApiError::new(Code::InvalidArgument, "Scenario does not match specification.")
+        .with_info("SCENARIO_NON_MATCHING_SPECIFICATION", [("reference", reference)])
+        .with_resource(
+            "Scenario",
+            reference,
+            "A program that deploys one challenge instance, with its runtime settings.",
+        )
+        .with_help([
+            ("Definition of a Scenario.", "https://ctfer.io/docs/chall-manager/glossary/#scenario"),
+            (
+                "Step-by-step guide to create a Scenario.",
+                "https://ctfer.io/docs/chall-manager/challmaker-guides/create-scenario/",
+            ),
+        ])
+        .with_violation("scenario", "VALIDATION", cause)
+}
+
+fn field_violation(field: &str, reason: &str, description: &str) -> FieldViolation {
+    FieldViolation { reason: reason.to_owned(), ..FieldViolation::new(field, description) }
 }
 
 fn instance_ids<'a>(challenge_id: &'a str, source_id: &'a str) -> [(&'static str, &'a str); 2] {
@@ -315,6 +467,13 @@ fn detail_json(detail: &ErrorDetail) -> Option<Value> {
             "resourceName": resource.resource_name,
             "owner": resource.owner,
             "description": resource.description,
+        }),
+        ErrorDetail::Help(help) => json!({
+            "@type": Help::TYPE_URL,
+            "links": help.links.iter().map(|link| json!({
+                "description": link.description,
+                "url": link.url,
+            })).collect::<Vec<_>>(),
         }),
         ErrorDetail::PreconditionFailure(failure) => json!({
             "@type": PreconditionFailure::TYPE_URL,
@@ -386,7 +545,7 @@ mod tests {
         let (challenge_id, source_id) = ids();
         assert_eq!(code_and_http(Error::InstanceExpired { challenge_id, source_id }), (Code::FailedPrecondition, 400));
         let left = Error::InstancesLeft { id: id(), sources: vec!["1".into(), "2".into()], first: "boom".into() };
-        assert_eq!(code_and_http(left), (Code::FailedPrecondition, 400));
+        assert_eq!(code_and_http(left), (Code::Internal, 500));
     }
 
     #[test]
@@ -426,9 +585,35 @@ mod tests {
     }
 
     #[test]
-    fn pool_bounds_keep_upstream_reason() {
-        let body = map(&Error::invalid("min", "must not exceed max when max is set")).to_json();
+    fn pool_bounds_report_every_violation() {
+        let err = Error::PoolOutOfBounds {
+            min: Some(-1),
+            max: Some(-2),
+            violations: vec![PoolViolation::MinNegative, PoolViolation::MaxNegative],
+        };
+        let body = map(&err).to_json();
+        assert_eq!(body["code"], 3);
+        assert_eq!(body["message"], "Pooler configuration out of bounds.");
         assert_eq!(body["details"][0]["reason"], "CHALLENGE_POOLER_OUT_OF_BOUNDS");
+        assert_eq!(body["details"][0]["metadata"], json!({"min": "-1", "max": "-2"}));
+        let violations = &body["details"][1]["fieldViolations"];
+        assert_eq!(violations[0]["field"], "min");
+        assert_eq!(violations[0]["reason"], "MUST_BE_POSITIVE");
+        assert_eq!(violations[1]["field"], "max");
+        assert_eq!(violations[1]["reason"], "MUST_BE_POSITIVE");
+    }
+
+    #[test]
+    fn pool_metadata_names_only_checked_bounds() {
+        let err = Error::PoolOutOfBounds { min: None, max: Some(-1), violations: vec![PoolViolation::MaxNegative] };
+        assert_eq!(map(&err).to_json()["details"][0]["metadata"], json!({"max": "-1"}));
+    }
+
+    #[test]
+    fn update_mask_metadata_is_text_format() {
+        assert_eq!(mask_text(&["flag".into(), "min".into()]), r#"paths:"flag" paths:"min""#);
+        assert_eq!(mask_text(&["a\"b\\".into()]), r#"paths:"a\"b\\""#);
+        assert_eq!(mask_text(&["\n\u{1}é".into()]), r#"paths:"\n\x01é""#);
     }
 
     #[test]
@@ -448,9 +633,27 @@ mod tests {
         assert_eq!(map(&scenario_error(ErrorKind::Unreachable)).code, Code::FailedPrecondition);
         assert_eq!(map(&scenario_error(ErrorKind::Unauthorized)).code, Code::FailedPrecondition);
 
-        let internal = map(&scenario_error(ErrorKind::Internal));
-        assert_eq!(internal.code, Code::Internal);
-        assert_eq!(internal.message, INTERNAL_MESSAGE);
+        let registry = map(&scenario_error(ErrorKind::Internal));
+        assert_eq!(registry.code, Code::Internal);
+        assert_eq!(registry.message, "OCI interaction failed.");
+        assert_eq!(registry.to_json()["details"][0]["reason"], "OCI_INTERACTION");
+    }
+
+    #[test]
+    fn scenario_cache_failure_is_internal_error() {
+        let err = Error::Scenario {
+            reference: "registry:5000/x:v1".into(),
+            source: scenario::Error::Io {
+                action: "create",
+                path: "/data/cache/secret".into(),
+                source: std::io::Error::other("disk full"),
+            },
+        };
+        let status = map(&err);
+        assert_eq!(status.code, Code::Internal);
+        assert_eq!(status.message, INTERNAL_MESSAGE);
+        assert_eq!(status.to_json()["details"][0]["reason"], "INTERNAL_ERROR");
+        assert!(!status.to_json().to_string().contains("/data/cache/secret"));
     }
 
     #[test]

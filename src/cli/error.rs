@@ -110,7 +110,9 @@ impl From<tonic::Status> for Error {
 /// Picks the text shown for a gRPC status: the server's message, or the
 /// code's description when the message is empty.
 /// The server's message, followed by the ids its `ErrorInfo` detail
-/// names, which the message itself leaves out ("Challenge not found.").
+/// names, which the message itself leaves out ("Challenge not found."),
+/// then the field violations of its `BadRequest` detail, which carry the
+/// cause of a rejected scenario.
 fn status_message(status: &tonic::Status) -> String {
     use tonic_types::StatusExt;
 
@@ -124,6 +126,11 @@ fn status_message(status: &tonic::Status) -> String {
         ids.sort();
         if !ids.is_empty() {
             message.push_str(&format!(" ({})", ids.join(", ")));
+        }
+    }
+    if let Some(bad_request) = status.get_details_bad_request() {
+        for violation in bad_request.field_violations {
+            message.push_str(&format!("; {}: {}", violation.field, violation.description));
         }
     }
     message
@@ -167,5 +174,21 @@ mod tests {
         assert_eq!(format_error(&err), "challenge \"a\" not found");
         let err = Error::from(tonic::Status::internal(""));
         assert_eq!(format_error(&err), "server returned gRPC status Internal with no message");
+    }
+
+    #[test]
+    fn status_message_lists_field_violations() {
+        use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+        let details = ErrorDetails::with_bad_request(vec![FieldViolation::new("scenario", "no runtime given")]);
+        let status = tonic::Status::with_error_details(
+            tonic::Code::InvalidArgument,
+            "Scenario does not match specification.",
+            details,
+        );
+        assert_eq!(
+            format_error(&Error::from(status)),
+            "Scenario does not match specification.; scenario: no runtime given"
+        );
     }
 }

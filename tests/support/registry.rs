@@ -24,6 +24,18 @@ const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// chosen port between choosing and binding it.
 const START_ATTEMPTS: usize = 3;
 
+/// How a test registry is configured.
+#[derive(Clone, Copy, Debug)]
+pub enum Setup {
+    /// No authentication, storage in the temporary directory.
+    Open,
+    /// HTTP basic authentication with one htpasswd line (`user:bcrypt-hash`).
+    Htpasswd(&'static str),
+    /// The storage root is a regular file, so every read of a repository
+    /// fails with 500 `UNKNOWN`, like a registry whose disk fails.
+    BrokenStorage,
+}
+
 pub struct Registry {
     child: Child,
     address: SocketAddr,
@@ -37,12 +49,18 @@ impl Registry {
     /// Panics when the binary is missing (install the Debian package
     /// `docker-registry`) or the registry does not become ready.
     pub fn start() -> Self {
+        Self::start_with(Setup::Open)
+    }
+
+    /// Starts a registry configured by `setup` and waits until it serves
+    /// the API.
+    pub fn start_with(setup: Setup) -> Self {
         assert!(Path::new(BINARY).exists(), "{BINARY} is missing: install the Debian package docker-registry");
         install_crypto_provider();
 
         let mut failures = Vec::new();
         for _ in 0..START_ATTEMPTS {
-            match Self::try_start() {
+            match Self::try_start(setup) {
                 Ok(registry) => return registry,
                 Err(failure) => failures.push(failure),
             }
@@ -50,11 +68,22 @@ impl Registry {
         panic!("docker-registry did not start:\n{}", failures.join("\n---\n"));
     }
 
-    fn try_start() -> Result<Self, String> {
+    fn try_start(setup: Setup) -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let address = unused_address();
         let config = dir.path().join("config.yml");
-        std::fs::write(&config, config_yaml(address, &dir.path().join("storage"))).expect("write the registry config");
+        let storage = dir.path().join("storage");
+        let mut yaml = config_yaml(address, &storage);
+        match setup {
+            Setup::Open => {}
+            Setup::Htpasswd(line) => {
+                let htpasswd = dir.path().join("htpasswd");
+                std::fs::write(&htpasswd, format!("{line}\n")).expect("write the htpasswd file");
+                yaml.push_str(&format!("auth:\n  htpasswd: {{realm: test, path: {}}}\n", htpasswd.display()));
+            }
+            Setup::BrokenStorage => std::fs::write(&storage, "not a directory").expect("write the storage file"),
+        }
+        std::fs::write(&config, yaml).expect("write the registry config");
         let log = std::fs::File::create(dir.path().join("registry.log")).expect("create the registry log");
 
         let child = Command::new(BINARY)
@@ -210,8 +239,9 @@ fn config_yaml(address: SocketAddr, storage: &Path) -> String {
     )
 }
 
-/// Returns whether `GET /v2/` returns 200, checked with a bare HTTP/1.0 request so
-/// readiness does not depend on an async runtime.
+/// Returns whether `GET /v2/` returns 200, or 401 when the registry requires
+/// credentials, checked with a bare HTTP/1.0 request so readiness does not
+/// depend on an async runtime.
 fn api_ready(address: SocketAddr) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_millis(200)) else {
         return false;
@@ -222,5 +252,5 @@ fn api_ready(address: SocketAddr) -> bool {
     }
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
+    ["HTTP/1.1 200", "HTTP/1.0 200", "HTTP/1.1 401", "HTTP/1.0 401"].iter().any(|line| response.starts_with(line))
 }
