@@ -63,7 +63,15 @@ impl Challenge {
 pub struct ChallengeInfo {
     pub challenge: Challenge,
     pub instances: Vec<Instance>,
+    /// Ready pooled instances, when known. The API messages have no field
+    /// for it, so the gRPC and REST responses of RetrieveChallenge carry it
+    /// in a header ([`POOLED_HEADER`]).
+    pub pooled: Option<usize>,
 }
+
+/// Response header with the number of ready pooled instances of a
+/// challenge, in RetrieveChallenge responses.
+pub const POOLED_HEADER: &str = "chall-manager-pooled";
 
 /// Request to register a challenge.
 #[derive(Clone, Debug, Default)]
@@ -211,7 +219,8 @@ impl Manager {
             return Err(Error::ChallengeExists { id: challenge.id });
         }
         info!(digest = %challenge.digest, "challenge created");
-        Ok(ChallengeInfo { challenge, instances: Vec::new() })
+        self.refill_pool(&challenge.id);
+        Ok(ChallengeInfo { challenge, instances: Vec::new(), pooled: None })
     }
 
     /// Resolves a scenario reference, fetches it and checks that a runner
@@ -236,7 +245,8 @@ impl Manager {
     async fn load_challenge_info(&self, id: &str) -> Result<ChallengeInfo> {
         let challenge = self.load_challenge(id).await?;
         let instances = self.store.list_instances(id).await?;
-        Ok(ChallengeInfo { challenge, instances })
+        let pooled = self.store.pooled(id)?.len();
+        Ok(ChallengeInfo { challenge, instances, pooled: Some(pooled) })
     }
 
     pub(crate) async fn load_challenge(&self, id: &str) -> Result<Challenge> {
@@ -324,16 +334,20 @@ impl Manager {
         }
         self.store.save_challenge(&challenge).await?;
         info!(fields = ?update.mask, digest = %challenge.digest, "challenge updated");
+        // Also without any change: the round repairs the pool. It starts
+        // once this update releases the challenge's lock.
+        self.refill_pool(&challenge.id);
 
         let expiry_changed = challenge.timeout != old.timeout || challenge.until != old.until;
         let instances = self.store.list_instances(&challenge.id).await?;
         let instances = self.follow_challenge(&challenge, instances, update.strategy, expiry_changed).await?;
-        Ok(ChallengeInfo { challenge, instances })
+        Ok(ChallengeInfo { challenge, instances, pooled: None })
     }
 
-    /// Destroys every instance of a challenge in parallel, then removes the
-    /// challenge. When a destroy fails, the challenge and the instances that
-    /// could not be destroyed are kept, so nothing is left running unseen.
+    /// Destroys every instance of a challenge in parallel, pooled ones
+    /// included, then removes the challenge. When a destroy fails, the
+    /// challenge and the instances that could not be destroyed are kept, so
+    /// nothing is left running unseen.
     #[tracing::instrument(skip_all, fields(challenge_id = %id))]
     pub async fn delete_challenge(&self, id: &str) -> Result<()> {
         let _lock = self.locks.challenge(id, Mode::Write).await?;
@@ -341,12 +355,13 @@ impl Manager {
         let instances = self.store.list_instances(id).await?;
 
         let destroys = instances.iter().map(|instance| self.destroy_instance(&challenge, instance));
-        let failures: Vec<(String, Error)> = join_all(destroys)
-            .await
+        let (claimed, pooled) = futures::join!(join_all(destroys), self.destroy_pool(&challenge));
+        let mut failures: Vec<(String, Error)> = claimed
             .into_iter()
             .zip(&instances)
             .filter_map(|(result, instance)| result.err().map(|err| (instance.source_id.clone(), err)))
             .collect();
+        failures.extend(pooled?);
         if let Some((_, first)) = failures.first() {
             warn!(failed = failures.len(), "challenge kept: some instances could not be destroyed");
             return Err(Error::InstancesLeft {

@@ -71,6 +71,15 @@ pub enum Error {
         source: runner::Error,
     },
 
+    /// Running the scenario for a pooled instance failed. Only logged: no
+    /// request waits for a pool.
+    #[error("pooled deployment for challenge {challenge_id:?} failed: {source}")]
+    PoolDeploy {
+        challenge_id: String,
+        #[source]
+        source: runner::Error,
+    },
+
     /// Destroying some instances failed while deleting a challenge.
     #[error("challenge {id:?} kept because {} instance(s) could not be destroyed (sources {}): {first}", sources.len(), sources.join(", "))]
     InstancesLeft { id: String, sources: Vec<String>, first: String },

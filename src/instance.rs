@@ -58,6 +58,12 @@ pub struct Deployed {
 }
 
 impl Instance {
+    /// Whether the instance waits in its challenge's pool: deployed, but
+    /// given to no source yet.
+    pub fn is_pooled(&self) -> bool {
+        self.source_id.is_empty()
+    }
+
     /// Whether the instance is past its end at `now`.
     pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
         self.until.is_some_and(|until| now > until)
@@ -125,6 +131,9 @@ impl Manager {
         }
         if self.store.load_instance(&challenge_id, &source_id).await?.is_some() {
             return Err(Error::InstanceExists { challenge_id, source_id });
+        }
+        if let Some(claimed) = self.claim_pooled(&challenge, &source_id, &additional, now).await? {
+            return Ok(claimed);
         }
         let (runner, scenario_dir) = self.load_runner(&challenge).await?;
 
@@ -208,6 +217,7 @@ impl Manager {
             // challenge, so the files left are those of stopped processes.
             let _lock = self.locks.challenge(&id, Mode::Write).await?;
             let challenge = self.load_challenge(&id).await?;
+            settled += self.recover_pool(&challenge).await?;
             for intent in self.store.settle_files(&id).await? {
                 match self.finish_interrupted(&challenge, &intent).await {
                     Ok(()) => settled += 1,
@@ -386,6 +396,7 @@ impl Manager {
         let instance = self.load_instance(challenge_id, source_id).await?;
         self.destroy_instance(&challenge, &instance).await?;
         info!(identity = %instance.identity, "instance deleted");
+        self.refill_pool(challenge_id);
         Ok(())
     }
 

@@ -656,7 +656,7 @@ mod tests {
             min: 0,
             max: 0,
         };
-        ChallengeInfo { challenge, instances }
+        ChallengeInfo { challenge, instances, pooled: None }
     }
 
     #[test]

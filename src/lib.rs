@@ -24,6 +24,7 @@ pub mod instance;
 pub mod janitor;
 pub mod lock;
 pub mod manager;
+pub mod pool;
 pub mod proto;
 pub mod runner;
 pub mod scenario;

@@ -12,6 +12,7 @@ use std::{
 
 use crate::{
     lock::{Locks, local::LocalLocks},
+    pool::Pooler,
     runner::Runner,
     scenario::{OciSettings, Scenarios},
     store::{self, Store},
@@ -50,6 +51,7 @@ pub struct Manager {
     /// Runners by scenario directory. Directories are named after the
     /// digest of their content, so an entry never goes stale.
     pub(crate) runners: Arc<Mutex<HashMap<PathBuf, Arc<dyn Runner>>>>,
+    pub(crate) pooler: Arc<Pooler>,
 }
 
 impl Manager {
@@ -59,7 +61,13 @@ impl Manager {
         let lock_file = settings.data_dir.join("lock");
         let locks = LocalLocks::with_file(&lock_file).map_err(|source| OpenError::Locks { path: lock_file, source })?;
         let scenarios = Scenarios::new(&settings.data_dir, settings.cache_dir, settings.oci);
-        Ok(Self { store, locks: Locks::new(Arc::new(locks)), scenarios: Arc::new(scenarios), runners: Arc::default() })
+        Ok(Self {
+            store,
+            locks: Locks::new(Arc::new(locks)),
+            scenarios: Arc::new(scenarios),
+            runners: Arc::default(),
+            pooler: Arc::default(),
+        })
     }
 
     pub fn data_dir(&self) -> &std::path::Path {

@@ -90,7 +90,7 @@ impl Manager {
     }
 
     #[tracing::instrument(skip_all, fields(challenge_id = %challenge.id, source_id = %instance.source_id, identity = %instance.identity, strategy = ?strategy))]
-    async fn redeploy(
+    pub(crate) async fn redeploy(
         &self,
         challenge: &Challenge,
         instance: Instance,

@@ -8,6 +8,7 @@ use tracing::{Span, instrument};
 
 use super::{convert, until_first_error};
 use crate::{
+    challenge::POOLED_HEADER,
     error::Error,
     manager::Manager,
     proto::{
@@ -62,7 +63,12 @@ impl ChallengeStore for ChallengeService {
         request: Request<pb::RetrieveChallengeRequest>,
     ) -> Result<Response<Challenge>, Status> {
         let info = self.manager.get_challenge(&request.get_ref().id).await?;
-        Ok(Response::new(convert::challenge(info)))
+        let pooled = info.pooled;
+        let mut response = Response::new(convert::challenge(info));
+        if let Some(pooled) = pooled {
+            response.metadata_mut().insert(POOLED_HEADER, pooled.into());
+        }
+        Ok(response)
     }
 
     type QueryChallengeStream = BoxStream<'static, Result<Challenge, Status>>;

@@ -402,6 +402,7 @@ mod tests {
                 max: 3,
             },
             instances,
+            pooled: None,
         }
     }
 

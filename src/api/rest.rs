@@ -26,7 +26,7 @@ use tonic::Code;
 use tracing::{Span, debug, instrument};
 
 use super::{convert, json, status::ApiError, until_first_error};
-use crate::{error::Error, manager::Manager, time::format_timestamp};
+use crate::{challenge::POOLED_HEADER, error::Error, manager::Manager, time::format_timestamp};
 
 pub fn router(manager: Manager) -> Router {
     Router::new()
@@ -65,7 +65,13 @@ async fn retrieve_challenge(
     Span::current().record("challenge_id", id.as_str());
 
     let info = manager.get_challenge(&id).await?;
-    Ok(Json(json::challenge(&info)).into_response())
+    let mut response = Json(json::challenge(&info)).into_response();
+    if let Some(pooled) = info.pooled {
+        // The name grpc-gateway gives a gRPC response header.
+        let name = header::HeaderName::try_from(format!("grpc-metadata-{POOLED_HEADER}")).expect("a valid header name");
+        response.headers_mut().insert(name, pooled.into());
+    }
+    Ok(response)
 }
 
 #[instrument(name = "GET /api/v1/challenge", skip_all)]

@@ -232,6 +232,11 @@ fn map(err: &Error) -> ApiError {
             ApiError::new(Code::Unknown, err.to_string()).with_info(&reason, instance_ids(challenge_id, source_id))
         }
 
+        // Pool deployments run in the background and are only logged; this
+        // arm keeps the mapping total.
+        Error::PoolDeploy { challenge_id, .. } => ApiError::new(Code::Unknown, err.to_string())
+            .with_info("POOL_DEPLOYMENT_FAILED", [("challenge_id", challenge_id.as_str())]),
+
         // Internal, the code upstream returns when a destroy fails during a
         // challenge deletion. The message names the sources and carries the
         // scenario's output, like a failed deployment, because the

@@ -94,7 +94,8 @@ pub fn render_challenge(format: Format, info: &ChallengeInfo) -> Result<String, 
         ("additional", format_additional(&challenge.additional)),
         ("min", challenge.min.to_string()),
         ("max", if challenge.max == 0 { "0 (no limit)".to_owned() } else { challenge.max.to_string() }),
-        ("instances", info.instances.len().to_string()),
+        ("claimed", info.instances.len().to_string()),
+        ("pooled", info.pooled.map_or_else(|| "unknown".to_owned(), |pooled| pooled.to_string())),
     ]);
 
     let mut text = render_fields(&fields);
@@ -271,7 +272,7 @@ mod tests {
             min: 0,
             max: 0,
         };
-        ChallengeInfo { challenge, instances: vec![] }
+        ChallengeInfo { challenge, instances: vec![], pooled: Some(2) }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tonic::{
 use super::error::Error;
 use crate::{
     api::convert::{duration_from_proto, duration_to_proto, timestamp_from_proto, timestamp_to_proto},
-    challenge::{Challenge, ChallengeInfo, NewChallenge},
+    challenge::{Challenge, ChallengeInfo, NewChallenge, POOLED_HEADER},
     instance::Instance,
     proto::{
         challenge::{self as pb_challenge, challenge_store_client::ChallengeStoreClient},
@@ -83,7 +83,8 @@ impl Remote {
         let request = pb_challenge::RetrieveChallengeRequest { id: id.to_owned() };
         let response =
             self.challenges.clone().retrieve_challenge(request).await.map_err(|status| self.status(status))?;
-        self.challenge_from_proto(response.into_inner())
+        let pooled = response.metadata().get(POOLED_HEADER).and_then(|value| value.to_str().ok()?.parse().ok());
+        Ok(ChallengeInfo { pooled, ..self.challenge_from_proto(response.into_inner())? })
     }
 
     /// Streams every challenge as the server sends it.
@@ -191,7 +192,7 @@ impl Remote {
             min: message.min,
             max: message.max,
         };
-        Ok(ChallengeInfo { challenge, instances })
+        Ok(ChallengeInfo { challenge, instances, pooled: None })
     }
 
     /// Converts an instance message. The API never reveals the identity

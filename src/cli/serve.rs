@@ -26,6 +26,7 @@ pub async fn run(args: Args, log_format: super::logging::LogFormat) -> Result<()
     let manager = args.data.open_manager()?;
     let shutdown = shutdown_signal().map_err(Error::Serve)?;
     recover(&manager).await;
+    manager.start_pooler();
 
     let address = SocketAddr::new(args.listen, args.port);
     let listener = TcpListener::bind(address).await.map_err(|source| Error::Bind { address, source })?;

@@ -144,6 +144,24 @@ impl Store {
         Ok(())
     }
 
+    /// Writes the final record of an instance and flushes it with its
+    /// directory before returning. The file comes from a spare whose blocks
+    /// are already on disk, so this costs one journal commit.
+    pub(super) async fn write_record_durably(&self, instance: &Instance) -> Result<()> {
+        let commit = self.deployment_file(instance, COMMIT);
+        let record = self.instance_file(&instance.challenge_id, &instance.source_id);
+        let content = encode(&Record { deploying: false, instance: instance.clone() });
+        let spares = Arc::clone(&self.spares);
+        blocking(move || {
+            let file = write_file(&spares, &commit, &content)?;
+            file.sync_data().map_err(io_error("write", &commit))?;
+            std::fs::rename(&commit, &record).map_err(io_error("rename", &commit))?;
+            let dir = record.parent().expect("records have a parent");
+            atomic::sync_dir(dir).map_err(io_error("sync", dir))
+        })
+        .await
+    }
+
     /// Removes the intent of a deployment that failed and was cleaned up.
     pub async fn abandon_instance(&self, mut intent: Intent) -> Result<()> {
         if let Some(written) = intent.written.take() {

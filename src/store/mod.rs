@@ -13,6 +13,7 @@
 //! <dir>/challenges/<key(challenge id)>/instances/<key(source id)>.<identity>.intent   (see `intent`)
 //! <dir>/challenges/<key(challenge id)>/instances/<key(source id)>.<identity>.commit
 //! <dir>/challenges/<key(challenge id)>/state/<identity>/     CM_STATE_DIR of an instance
+//! <dir>/challenges/<key(challenge id)>/pool/<identity>.json  a pooled instance (see `pool`)
 //! <dir>/spare/                              files and directories made ahead of time
 //! <dir>/trash/                              state directories waiting for removal (see `trash`)
 //! ```
@@ -23,6 +24,7 @@
 
 mod atomic;
 mod intent;
+mod pool;
 mod spare;
 mod trash;
 
@@ -41,6 +43,7 @@ use trash::Trash;
 
 pub use atomic::write_atomic;
 pub use intent::{FoundIntent, Intent};
+pub use pool::PoolLeftovers;
 
 /// Failure of a store operation, with the path it was working on.
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +221,9 @@ impl Store {
 
     /// Removes the record of an instance, then its state directory.
     pub async fn delete_instance(&self, instance: &Instance) -> Result<()> {
+        if instance.is_pooled() {
+            return self.remove_pooled(&instance.challenge_id, &instance.identity).await;
+        }
         let file = self.instance_file(&instance.challenge_id, &instance.source_id);
         let state = self.state_dir(&instance.challenge_id, &instance.identity);
         let trash = Arc::clone(&self.trash);

@@ -1,0 +1,466 @@
+//! The pool: instances deployed ahead of demand, so that a request for an
+//! instance takes one in about a millisecond instead of waiting for `up`.
+//!
+//! A challenge's `min` is the number of pooled (unclaimed) instances to
+//! keep ready, and its `max` the total of claimed and pooled instances
+//! above which no pooled instance is deployed; 0 means no limit, and
+//! `max > 0` with `min = 0` keeps no pool. The pool never blocks an
+//! on-demand deployment: an empty pool only means a slower create.
+//!
+//! Pools are filled and shrunk by *rounds*, in the background, never on a
+//! request's path. A round counts the claimed and pooled instances, applies
+//! [`delta`], deploys or destroys the difference, and replaces pooled
+//! instances that run an older scenario or older values. Rounds start after
+//! a challenge is created or updated, after each claim and instance
+//! deletion, when `serve` starts, and every [`TICK`] (which drains pools of
+//! challenges past their `until` and retries failures). At most one round
+//! per challenge runs at a time in a process; a trigger that arrives during
+//! a round makes it run again, so racing triggers never overshoot.
+//!
+//! A round holds the challenge's read lock while it deploys: an update or a
+//! deletion of the challenge waits for the deployments in flight, as in the
+//! Go chall-manager, and then sees every pooled instance.
+//!
+//! NOTE: several `serve` processes sharing one data directory each run
+//! their own rounds, and may together deploy more than `min`.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use futures::future::join_all;
+use tracing::{info, warn};
+
+use crate::{
+    challenge::{Challenge, UpdateStrategy},
+    error::{Error, Result},
+    instance::{Deployed, Instance, merge_additional, new_identity},
+    lock::Mode,
+    manager::Manager,
+    runner::Deployment,
+};
+
+/// Interval of the rounds that every challenge gets, whatever happens.
+const TICK: Duration = Duration::from_secs(15);
+
+/// Longest wait before a round that follows failed deployments.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+
+/// Pooled instances to deploy and to destroy to reach a pool's target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delta {
+    pub create: usize,
+    pub destroy: usize,
+}
+
+/// Computes how a pool of `pooled` instances must change when `claimed`
+/// instances are claimed: the target is `min`, lowered so that the total
+/// stays within `max` when `max` is set.
+pub fn delta(min: i64, max: i64, claimed: usize, pooled: usize) -> Delta {
+    let min = usize::try_from(min).unwrap_or(0);
+    let target = match usize::try_from(max) {
+        Ok(0) | Err(_) => min,
+        Ok(max) => min.min(max.saturating_sub(claimed)),
+    };
+    Delta { create: target.saturating_sub(pooled), destroy: pooled.saturating_sub(target) }
+}
+
+/// The rounds of this process.
+#[derive(Debug, Default)]
+pub(crate) struct Pooler {
+    /// Only `serve` fills pools. Operator commands that run without a
+    /// server still claim pooled instances, and leave refills to it.
+    enabled: AtomicBool,
+    rounds: Mutex<HashMap<String, Round>>,
+}
+
+#[derive(Debug, Default)]
+struct Round {
+    running: bool,
+    /// A trigger arrived while the round ran: run another one.
+    again: bool,
+    /// Consecutive rounds with failed deployments.
+    failures: u32,
+}
+
+impl Pooler {
+    fn rounds(&self) -> std::sync::MutexGuard<'_, HashMap<String, Round>> {
+        // Every update leaves the map valid, so a panic elsewhere while it
+        // was locked cannot corrupt it.
+        self.rounds.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What one round did.
+#[derive(Debug, Default)]
+struct RoundReport {
+    created: usize,
+    destroyed: usize,
+    failed: usize,
+    /// The challenge no longer exists.
+    gone: bool,
+}
+
+impl Manager {
+    /// Starts filling pools in this process: recovers each challenge's
+    /// pool, runs a round for every challenge, then one every [`TICK`].
+    pub fn start_pooler(&self) {
+        self.pooler.enabled.store(true, Ordering::Release);
+        let manager = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(TICK);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                match manager.challenge_ids().await {
+                    Ok(ids) => ids.iter().for_each(|id| manager.refill_pool(id)),
+                    Err(err) => warn!(error = %err, "failed to list challenges for the pool rounds"),
+                }
+            }
+        });
+    }
+
+    /// Starts a round for a challenge's pool, or asks the running one to
+    /// run again. Does nothing where the pooler is not started.
+    pub(crate) fn refill_pool(&self, challenge_id: &str) {
+        if !self.pooler.enabled.load(Ordering::Acquire) {
+            return;
+        }
+        {
+            let mut rounds = self.pooler.rounds();
+            let round = rounds.entry(challenge_id.to_owned()).or_default();
+            if round.running {
+                round.again = true;
+                return;
+            }
+            round.running = true;
+        }
+        let (manager, id) = (self.clone(), challenge_id.to_owned());
+        tokio::spawn(async move { manager.run_rounds(id).await });
+    }
+
+    async fn run_rounds(&self, challenge_id: String) {
+        loop {
+            let report = match self.pool_round(&challenge_id).await {
+                Ok(report) => report,
+                Err(err) => {
+                    warn!(challenge_id, error = %err, "pool round failed");
+                    RoundReport { failed: 1, ..RoundReport::default() }
+                }
+            };
+
+            let delay = {
+                let mut rounds = self.pooler.rounds();
+                let round = rounds.entry(challenge_id.clone()).or_default();
+                round.failures = if report.failed > 0 { round.failures + 1 } else { 0 };
+                if std::mem::take(&mut round.again) && !report.gone {
+                    continue;
+                }
+                if round.failures == 0 || report.gone {
+                    rounds.remove(&challenge_id);
+                    return;
+                }
+                retry_delay(round.failures)
+            };
+            warn!(challenge_id, retry_in_ms = delay.as_millis() as u64, "pool deployments failed, retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Brings one challenge's pool to its target.
+    async fn pool_round(&self, challenge_id: &str) -> Result<RoundReport> {
+        let _lock = self.locks.challenge(challenge_id, Mode::Read).await?;
+        let Some(challenge) = self.store.load_challenge(challenge_id).await? else {
+            return Ok(RoundReport { gone: true, ..RoundReport::default() });
+        };
+
+        let (current, stale) = self.pooled_instances(&challenge).await?;
+        let claimed = self.store.count_instances(challenge_id).await?;
+        let wanted = if challenge.is_expired(Utc::now()) {
+            Delta { create: 0, destroy: current.len() }
+        } else {
+            delta(challenge.min, challenge.max, claimed, current.len())
+        };
+
+        // The newest pooled instances go first, so the oldest, claimed
+        // first, stay.
+        let surplus = current.iter().rev().take(wanted.destroy);
+        let doomed: Vec<&Instance> = stale.iter().chain(surplus).collect();
+        let destroyed = join_all(doomed.iter().map(|instance| self.destroy_pooled(&challenge, instance))).await;
+        let created = join_all((0..wanted.create).map(|_| self.fill_one(&challenge))).await;
+
+        let mut report = RoundReport::default();
+        for result in destroyed {
+            match result {
+                Ok(true) => report.destroyed += 1,
+                Ok(false) => {}
+                Err(err) => {
+                    report.failed += 1;
+                    warn!(challenge_id, error = %err, "failed to destroy a pooled instance");
+                }
+            }
+        }
+        for result in created {
+            match result {
+                Ok(()) => report.created += 1,
+                Err(err) => {
+                    report.failed += 1;
+                    warn!(challenge_id, error = %err, "failed to deploy a pooled instance");
+                }
+            }
+        }
+        log_round(&challenge, claimed, self.store.pooled(challenge_id)?.len(), &report);
+        Ok(report)
+    }
+
+    /// Loads the ready pooled instances of a challenge, split into those
+    /// that run its current version and the stale ones.
+    async fn pooled_instances(&self, challenge: &Challenge) -> Result<(Vec<Instance>, Vec<Instance>)> {
+        let target = pooled_version(challenge);
+        let mut current = Vec::new();
+        let mut stale = Vec::new();
+        for identity in self.store.pooled(&challenge.id)? {
+            let Some(instance) = self.store.load_pooled(&challenge.id, &identity)? else { continue };
+            if instance.deployed == target {
+                current.push(instance);
+            } else {
+                stale.push(instance);
+            }
+        }
+        Ok((current, stale))
+    }
+
+    /// Deploys one pooled instance with the challenge's own values.
+    async fn fill_one(&self, challenge: &Challenge) -> Result<()> {
+        let (runner, scenario_dir) = self.load_runner_at(&challenge.scenario, &challenge.digest).await?;
+        let now = Utc::now();
+        let mut instance = Instance {
+            challenge_id: challenge.id.clone(),
+            source_id: String::new(),
+            identity: new_identity(),
+            since: now,
+            last_renew: now,
+            until: None,
+            connection_info: String::new(),
+            flags: Vec::new(),
+            additional: BTreeMap::new(),
+            deployed: pooled_version(challenge),
+        };
+        let state_dir = self.store.begin_pooled(&instance).await?;
+        let deployment = Deployment {
+            scenario_dir: &scenario_dir,
+            identity: &instance.identity,
+            additional: &instance.deployed.additional,
+            state_dir: &state_dir,
+        };
+        let pool_error = |source| Error::PoolDeploy { challenge_id: challenge.id.clone(), source };
+
+        let outputs = match runner.up(&deployment).await {
+            Ok(outputs) => outputs,
+            Err(source) => {
+                // When `down` fails too, the intent stays and the next start
+                // of `serve` destroys the deployment.
+                runner.down(&deployment).await.map_err(pool_error)?;
+                self.store.remove_pooled(&challenge.id, &instance.identity).await?;
+                return Err(pool_error(source));
+            }
+        };
+        instance.connection_info = outputs.connection_info;
+        instance.flags = outputs.flags;
+        self.store.commit_pooled(&instance).await?;
+        Ok(())
+    }
+
+    /// Takes a ready pooled instance and destroys it. Returns `false` when
+    /// a claim took it first.
+    async fn destroy_pooled(&self, challenge: &Challenge, instance: &Instance) -> Result<bool> {
+        let Some(taken) = self.store.take_pooled(&challenge.id, &instance.identity)? else { return Ok(false) };
+        self.destroy_instance(challenge, &taken).await?;
+        Ok(true)
+    }
+
+    /// Gives a pooled instance to a source, if the pool has one. Its
+    /// lifetime starts now, and it is updated in place first when it does
+    /// not run the version and values the source would get from a new
+    /// deployment. The caller holds the source's instance lock.
+    pub(crate) async fn claim_pooled(
+        &self,
+        challenge: &Challenge,
+        source_id: &str,
+        additional: &BTreeMap<String, String>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Instance>> {
+        for identity in self.store.pooled(&challenge.id)? {
+            let Some(pooled) = self.store.take_pooled(&challenge.id, &identity)? else { continue };
+            let claimed = Instance {
+                source_id: source_id.to_owned(),
+                since: now,
+                last_renew: now,
+                until: challenge.instance_until(now),
+                additional: additional.clone(),
+                ..pooled
+            };
+            let claimed = self.bring_up_to_date(challenge, claimed).await?;
+            self.store.commit_claim(&claimed).await?;
+            info!(identity = %claimed.identity, "claimed a pooled instance");
+            self.refill_pool(&challenge.id);
+            return Ok(Some(claimed));
+        }
+        Ok(None)
+    }
+
+    /// Updates a just-claimed instance in place when its deployment differs
+    /// from what the source asked for. On failure the instance is destroyed,
+    /// so that a failed create leaves nothing behind, like a failed `up`.
+    async fn bring_up_to_date(&self, challenge: &Challenge, claimed: Instance) -> Result<Instance> {
+        let target = Deployed {
+            scenario: challenge.scenario.clone(),
+            digest: challenge.digest.clone(),
+            additional: merge_additional(&challenge.additional, &claimed.additional),
+        };
+        if claimed.deployed == target {
+            return Ok(claimed);
+        }
+
+        let previous = claimed.clone();
+        match self.redeploy(challenge, claimed, target, UpdateStrategy::UpdateInPlace).await {
+            Ok(updated) => Ok(updated),
+            Err(err) => {
+                if let Err(cleanup) = self.destroy_instance(challenge, &previous).await {
+                    warn!(identity = %previous.identity, error = %cleanup, "failed to destroy a pooled instance whose update failed");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Destroys every pooled instance of a challenge, including those a
+    /// stopped process left half deployed or half claimed. The caller holds
+    /// the challenge's lock in write mode. Returns the failures, named by
+    /// identity.
+    pub(crate) async fn destroy_pool(&self, challenge: &Challenge) -> Result<Vec<(String, Error)>> {
+        let leftovers = self.store.pool_leftovers(&challenge.id).await?;
+        let (current, stale) = self.pooled_instances(challenge).await?;
+        let all: Vec<Instance> =
+            current.into_iter().chain(stale).chain(leftovers.unfinished).chain(leftovers.taken).collect();
+
+        let results = join_all(all.iter().map(|instance| self.destroy_instance(challenge, instance))).await;
+        Ok(results
+            .into_iter()
+            .zip(&all)
+            .filter_map(|(result, instance)| result.err().map(|err| (format!("pooled {}", instance.identity), err)))
+            .collect())
+    }
+
+    /// Settles what a stopped process left in a challenge's pool: half
+    /// deployed and half claimed instances are destroyed; the next round
+    /// deploys their replacements. The caller holds the challenge's lock in
+    /// write mode.
+    pub(crate) async fn recover_pool(&self, challenge: &Challenge) -> Result<usize> {
+        let leftovers = self.store.pool_leftovers(&challenge.id).await?;
+        let mut settled = 0;
+        for instance in leftovers.unfinished.iter().chain(&leftovers.taken) {
+            match self.destroy_instance(challenge, instance).await {
+                Ok(()) => {
+                    settled += 1;
+                    info!(challenge_id = %challenge.id, identity = %instance.identity, "destroyed an interrupted pooled instance");
+                }
+                Err(err) => warn!(
+                    challenge_id = %challenge.id,
+                    identity = %instance.identity,
+                    error = %err,
+                    "failed to destroy an interrupted pooled instance"
+                ),
+            }
+        }
+        Ok(settled)
+    }
+
+    /// Counts the ready pooled instances of a challenge.
+    pub async fn pooled_count(&self, challenge_id: &str) -> Result<usize> {
+        Ok(self.store.pooled(challenge_id)?.len())
+    }
+}
+
+/// The version a pooled instance of `challenge` runs: its scenario, with
+/// the challenge's values only.
+fn pooled_version(challenge: &Challenge) -> Deployed {
+    Deployed {
+        scenario: challenge.scenario.clone(),
+        digest: challenge.digest.clone(),
+        additional: challenge.additional.clone(),
+    }
+}
+
+/// Wait before the round after `failures` consecutive failed rounds: one
+/// second, doubling up to [`MAX_RETRY_DELAY`].
+fn retry_delay(failures: u32) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(6);
+    (Duration::from_secs(1) * factor).min(MAX_RETRY_DELAY)
+}
+
+fn log_round(challenge: &Challenge, claimed: usize, pooled: usize, report: &RoundReport) {
+    let RoundReport { created, destroyed, failed, .. } = *report;
+    if created == 0 && destroyed == 0 && failed == 0 {
+        return;
+    }
+    let message = match (created, destroyed) {
+        (_, 0) if failed == 0 => "pool filled",
+        (0, _) if failed == 0 => "pool shrunk",
+        _ => "pool changed",
+    };
+    info!(challenge_id = %challenge.id, claimed, pooled, created, destroyed, failed, min = challenge.min, max = challenge.max, "{message}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delta_matches_the_go_table() {
+        // (min, max, claimed, pooled) -> (create, destroy), from the unit
+        // test of the Go chall-manager's pool package.
+        let cases = [
+            ((1, 0, 0, 3), (0, 2)),
+            ((3, 0, 0, 1), (2, 0)),
+            ((2, 6, 1, 2), (0, 0)),
+            ((2, 6, 2, 1), (1, 0)),
+            ((2, 2, 1, 2), (0, 1)),
+            ((2, 4, 1, 2), (0, 0)),
+            ((2, 4, 0, 0), (2, 0)),
+        ];
+        for ((min, max, claimed, pooled), (create, destroy)) in cases {
+            assert_eq!(
+                delta(min, max, claimed, pooled),
+                Delta { create, destroy },
+                "min {min}, max {max}, claimed {claimed}, pooled {pooled}"
+            );
+        }
+    }
+
+    #[test]
+    fn delta_keeps_no_pool_without_min() {
+        assert_eq!(delta(0, 5, 0, 0), Delta { create: 0, destroy: 0 });
+        assert_eq!(delta(0, 5, 1, 2), Delta { create: 0, destroy: 2 });
+    }
+
+    #[test]
+    fn delta_stops_at_max() {
+        assert_eq!(delta(1, 2, 2, 0), Delta { create: 0, destroy: 0 });
+        assert_eq!(delta(1, 2, 3, 1), Delta { create: 0, destroy: 1 });
+    }
+
+    #[test]
+    fn retry_delay_doubles_to_a_minute() {
+        assert_eq!(retry_delay(1), Duration::from_secs(1));
+        assert_eq!(retry_delay(2), Duration::from_secs(2));
+        assert_eq!(retry_delay(7), Duration::from_secs(60));
+        assert_eq!(retry_delay(40), Duration::from_secs(60));
+    }
+}

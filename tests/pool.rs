@@ -1,0 +1,276 @@
+//! The pool through a real server: pre-deployed instances, claims, refills
+//! after deletions, resizing on update, recovery after a crash.
+
+mod support;
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::{
+    env::{Env, RECORDER},
+    registry::Registry,
+    server::Server,
+};
+
+/// Waits until the challenge reports `expected` ready pooled instances.
+async fn wait_pooled(env: &Env, challenge_id: &str, expected: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pooled = pooled(env, challenge_id).await;
+        if pooled == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pool of {challenge_id} stayed at {pooled}, expected {expected}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads the pooled count from the RetrieveChallenge response header.
+async fn pooled(env: &Env, challenge_id: &str) -> usize {
+    let response = env.http.get(env.server.url(&format!("/api/v1/challenge/{challenge_id}"))).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let header = response.headers().get("grpc-metadata-chall-manager-pooled").expect("a pooled count header");
+    header.to_str().unwrap().parse().unwrap()
+}
+
+/// Identities deployed and not destroyed, from the scenario's log.
+fn alive(env: &Env) -> BTreeSet<String> {
+    let mut alive = BTreeSet::new();
+    for line in env.log_lines("") {
+        let mut words = line.split(' ');
+        match (words.next(), words.next()) {
+            (Some("up"), Some(identity)) => alive.insert(identity.to_owned()),
+            (Some("down"), Some(identity)) => alive.remove(identity),
+            _ => false,
+        };
+    }
+    alive
+}
+
+/// Identities whose `up` ran, in order.
+fn ups(env: &Env) -> Vec<String> {
+    env.log_lines("up ").iter().map(|line| line.split(' ').nth(1).unwrap().to_owned()).collect()
+}
+
+async fn claim(env: &Env, challenge_id: &str, source_id: &str) -> Value {
+    let (status, body) =
+        env.post("/api/v1/instance", json!({"challengeId": challenge_id, "sourceId": source_id})).await;
+    assert_eq!(status, 200, "claim for {source_id}: {body}");
+    body
+}
+
+/// The identity behind an instance, from the connection info the
+/// recorder scenario derives from it.
+fn identity(instance: &Value) -> String {
+    instance["connectionInfo"].as_str().unwrap().strip_prefix("conn-").unwrap().to_owned()
+}
+
+async fn create_pooled_challenge(env: &Env, id: &str, min: i64, max: i64) {
+    let scenario = env.push("recorder", RECORDER).await;
+    let body = json!({"id": id, "scenario": scenario, "timeout": "600s", "min": min, "max": max});
+    let (status, created) = env.post("/api/v1/challenge", body).await;
+    assert_eq!(status, 200, "{created}");
+}
+
+#[tokio::test]
+async fn pool_refills_after_claims_and_deletions() {
+    let env = Env::start().await;
+    create_pooled_challenge(&env, "web", 1, 2).await;
+    wait_pooled(&env, "web", 1).await;
+    let first_pooled = ups(&env);
+    assert_eq!(first_pooled.len(), 1, "one pooled deployment for min=1");
+
+    // Source 1 gets the pooled instance; the pool refills (1 claimed + 1
+    // pooled is within max=2).
+    let one = claim(&env, "web", "1").await;
+    assert_eq!(identity(&one), first_pooled[0], "source 1 was not served from the pool");
+    wait_pooled(&env, "web", 1).await;
+    let second_pooled = ups(&env)[1].clone();
+
+    // Source 2 takes the refill; with 2 claimed, max=2 leaves no room for
+    // a pool, so source 3 gets a deployment of its own.
+    let two = claim(&env, "web", "2").await;
+    assert_eq!(identity(&two), second_pooled);
+    let three = claim(&env, "web", "3").await;
+    assert_eq!(ups(&env).len(), 3, "source 3 was deployed on demand");
+    assert_eq!(identity(&three), ups(&env)[2]);
+    assert_eq!(pooled(&env, "web").await, 0);
+
+    // Deleting 2 and 3 leaves 1 claimed: the pool is back to one, which
+    // serves source 4.
+    for source in ["2", "3"] {
+        let (status, body) = env.delete(&format!("/api/v1/instance/web/{source}")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_pooled(&env, "web", 1).await;
+    let refill = ups(&env).last().unwrap().clone();
+    let four = claim(&env, "web", "4").await;
+    assert_eq!(identity(&four), refill, "source 4 was not served from the pool");
+
+    // Claimed instances start their life at the claim.
+    let since = chrono::DateTime::parse_from_rfc3339(four["since"].as_str().unwrap()).unwrap();
+    assert!(chrono::Utc::now().signed_duration_since(since) < chrono::Duration::seconds(10), "{four}");
+    assert!(four["until"].is_string(), "a claimed instance gets the challenge's timeout: {four}");
+}
+
+#[tokio::test]
+async fn pooled_instances_are_hidden_from_listings_and_the_janitor() {
+    let env = Env::start().await;
+    let scenario = env.push("recorder", RECORDER).await;
+    let body = json!({"id": "short", "scenario": scenario, "timeout": "1s", "min": 2});
+    assert_eq!(env.post("/api/v1/challenge", body).await.0, 200);
+    wait_pooled(&env, "short", 2).await;
+
+    let (_, challenge) = env.get("/api/v1/challenge/short").await;
+    assert_eq!(challenge["instances"], json!([]), "pooled instances were listed");
+    let (_, lines) = env.stream("/api/v1/challenge").await;
+    assert_eq!(lines[0]["result"]["instances"], json!([]));
+
+    // Pooled instances have no end, so the janitor leaves them.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let janitor = std::process::Command::new(env!("CARGO_BIN_EXE_chall-manager"))
+        .args(["janitor", "--url", &env.server.url("")])
+        .output()
+        .unwrap();
+    assert!(janitor.status.success(), "{}", String::from_utf8_lossy(&janitor.stderr));
+    assert!(env.log_lines("down").is_empty(), "the janitor destroyed a pooled instance");
+    assert_eq!(pooled(&env, "short").await, 2);
+}
+
+#[tokio::test]
+async fn parallel_claims_get_distinct_instances() {
+    let env = Env::start().await;
+    create_pooled_challenge(&env, "rush", 3, 0).await;
+    wait_pooled(&env, "rush", 3).await;
+    let pooled_before: BTreeSet<String> = ups(&env).into_iter().collect();
+
+    let sources: Vec<String> = (0..16).map(|n| format!("team-{n}")).collect();
+    let claims = sources.iter().map(|source| claim(&env, "rush", source));
+    let instances = futures::future::join_all(claims).await;
+
+    let identities: BTreeSet<String> = instances.iter().map(identity).collect();
+    assert_eq!(identities.len(), sources.len(), "two sources got the same instance");
+    assert!(
+        pooled_before.iter().all(|pooled| identities.contains(pooled)),
+        "the pooled instances were not all claimed"
+    );
+
+    // Once the pool is back to 3, every deployment is either listed by the
+    // API or pooled: nothing was deployed twice or left behind.
+    wait_pooled(&env, "rush", 3).await;
+    let (_, challenge) = env.get("/api/v1/challenge/rush").await;
+    let listed = challenge["instances"].as_array().unwrap().len();
+    assert_eq!(listed, sources.len());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(&env).len() != listed + 3 {
+        assert!(Instant::now() < deadline, "{} deployments for {listed} claimed and 3 pooled", alive(&env).len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn updates_resize_the_pool_by_the_delta_rule() {
+    let env = Env::start().await;
+    create_pooled_challenge(&env, "size", 0, 0).await;
+    let claimed = claim(&env, "size", "1").await;
+
+    // (min, max) → pooled, with one claimed instance: min when max is 0,
+    // else min(min, max - claimed).
+    for (min, max, expected) in [(3, 0, 3), (3, 3, 2), (2, 2, 1), (1, 0, 1), (0, 0, 0)] {
+        let body = json!({"updateMask": "min,max", "min": min, "max": max});
+        let (status, updated) = env.request(Method::PATCH, "/api/v1/challenge/size", Some(body)).await;
+        assert_eq!(status, 200, "{updated}");
+        wait_pooled(&env, "size", expected).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(&env).len() != 1 + expected {
+            assert!(Instant::now() < deadline, "min {min} max {max}: {} deployments", alive(&env).len());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // The claimed instance never moved.
+    let (_, now) = env.get("/api/v1/instance/size/1").await;
+    for field in ["since", "connectionInfo", "flags", "lastRenew"] {
+        assert_eq!(now[field], claimed[field], "{field} changed");
+    }
+    assert!(alive(&env).contains(&identity(&claimed)));
+}
+
+#[tokio::test]
+async fn bounds_beyond_the_stored_values_are_rejected() {
+    let env = Env::start().await;
+    create_pooled_challenge(&env, "bounds", 2, 4).await;
+
+    // Only max is sent, below the stored min.
+    let body = json!({"updateMask": "max", "max": 1});
+    let (status, error) = env.request(Method::PATCH, "/api/v1/challenge/bounds", Some(body)).await;
+    assert_eq!(status, 400, "{error}");
+    let (_, challenge) = env.get("/api/v1/challenge/bounds").await;
+    assert_eq!(challenge["max"], "4", "a rejected update changed the challenge");
+}
+
+#[tokio::test]
+async fn claim_with_additional_updates_the_instance_first() {
+    let env = Env::start().await;
+    create_pooled_challenge(&env, "extra", 1, 0).await;
+    wait_pooled(&env, "extra", 1).await;
+    let pooled = ups(&env)[0].clone();
+
+    let body = json!({"challengeId": "extra", "sourceId": "1", "additional": {"color": "blue"}});
+    let (status, instance) = env.post("/api/v1/instance", body).await;
+    assert_eq!(status, 200, "{instance}");
+    assert_eq!(identity(&instance), pooled);
+    assert_eq!(instance["additional"], json!({"color": "blue"}));
+    let updated = env.log_lines(&format!("up {pooled} "));
+    assert_eq!(updated.len(), 2, "the pooled instance did not run up again: {updated:?}");
+    assert!(updated[1].contains(r#""color":"blue""#), "{updated:?}");
+}
+
+#[tokio::test]
+async fn deleting_the_challenge_destroys_the_pool() {
+    let env = Env::start().await;
+    create_pooled_challenge(&env, "gone", 2, 0).await;
+    wait_pooled(&env, "gone", 2).await;
+    claim(&env, "gone", "1").await;
+    wait_pooled(&env, "gone", 2).await;
+    assert_eq!(alive(&env).len(), 3);
+
+    let (status, body) = env.delete("/api/v1/challenge/gone").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(alive(&env), BTreeSet::new(), "deployments outlived their challenge");
+}
+
+#[tokio::test]
+async fn restart_during_a_fill_ends_at_the_target() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let registry = Registry::start();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let log_path = log.path().to_str().unwrap().to_owned();
+    let server = Server::start(&[("CM_TEST_LOG", &log_path), ("CM_TEST_SLEEP", "30")]);
+    let env = Env { registry, server, http: reqwest::Client::new(), log };
+    create_pooled_challenge(&env, "slow", 2, 0).await;
+
+    // Both pooled deployments are in `up` when the server dies.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ups(&env).len() < 2 {
+        assert!(Instant::now() < deadline, "the pool never started filling");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let interrupted = alive(&env);
+    let Env { registry, server, http, log } = env;
+    let data = server.crash();
+
+    // The restarted server destroys the interrupted deployments and fills
+    // the pool again.
+    let server = Server::start_in(data, &[("CM_TEST_LOG", &log_path)]);
+    let env = Env { registry, server, http, log };
+    wait_pooled(&env, "slow", 2).await;
+    let now = alive(&env);
+    assert_eq!(now.len(), 2, "deployments after the restart: {now:?}");
+    assert!(now.is_disjoint(&interrupted), "an interrupted deployment was kept: {now:?}");
+}
