@@ -274,3 +274,75 @@ async fn restart_during_a_fill_ends_at_the_target() {
     assert_eq!(now.len(), 2, "deployments after the restart: {now:?}");
     assert!(now.is_disjoint(&interrupted), "an interrupted deployment was kept: {now:?}");
 }
+
+#[tokio::test]
+async fn challenge_get_shows_pool_counts() {
+    let env = Env::start().await;
+    create_pooled_challenge(&env, "shown", 2, 0).await;
+    wait_pooled(&env, "shown", 2).await;
+    claim(&env, "shown", "1").await;
+    wait_pooled(&env, "shown", 2).await;
+
+    let remote = std::process::Command::new(env!("CARGO_BIN_EXE_chall-manager"))
+        .args(["challenge", "get", "shown", "--url", &env.server.url("")])
+        .output()
+        .unwrap();
+    let local = std::process::Command::new(env!("CARGO_BIN_EXE_chall-manager"))
+        .args(["challenge", "get", "shown", "--dir"])
+        .arg(env.server.data_dir())
+        .output()
+        .unwrap();
+    for output in [remote, local] {
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let field = |name: &str| {
+            let line = text.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("no {name}: {text}"));
+            line.split_whitespace().nth(1).unwrap().to_owned()
+        };
+        assert_eq!(field("claimed"), "1", "{text}");
+        assert_eq!(field("pooled"), "2", "{text}");
+    }
+}
+
+/// [`RECORDER`], whose `up` fails while `$CM_TEST_LOG.fail` exists, unless
+/// its additional values contain `ok`.
+const FLAKY: &[(&str, &str)] = &[
+    ("scenario.yaml", "runtime: exec\nup: sh up.sh\ndown: sh down.sh\n"),
+    (
+        "up.sh",
+        r#"if [ -e "$CM_TEST_LOG.fail" ] && ! echo "$CM_ADDITIONAL" | grep -q ok; then
+  echo "the cluster is full" >&2
+  exit 1
+fi
+echo "up $CM_IDENTITY $CM_ADDITIONAL" >> "$CM_TEST_LOG"
+printf '{"connection_info":"conn-%s"}\n' "$CM_IDENTITY"
+"#,
+    ),
+    ("down.sh", "echo \"down $CM_IDENTITY\" >> \"$CM_TEST_LOG\"\n"),
+];
+
+#[tokio::test]
+async fn failed_fills_are_logged_and_retried() {
+    let env = Env::start().await;
+    let fail = format!("{}.fail", env.log.path().display());
+    std::fs::write(&fail, "").unwrap();
+    let scenario = env.push("flaky", FLAKY).await;
+    let body = json!({"id": "flaky", "scenario": scenario, "min": 1});
+    assert_eq!(env.post("/api/v1/challenge", body).await.0, 200);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !env.server.log().iter().any(|line| line.contains("failed to deploy a pooled instance")) {
+        assert!(Instant::now() < deadline, "no failure logged: {:?}", env.server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(env.server.log().iter().any(|line| line.contains("the cluster is full")), "the error was not logged");
+
+    // A failing pool does not hold on-demand deployments.
+    let body = json!({"challengeId": "flaky", "sourceId": "1", "additional": {"ok": "1"}});
+    let (status, instance) = env.post("/api/v1/instance", body).await;
+    assert_eq!(status, 200, "{instance}");
+
+    // Once the cause is gone, a retry fills the pool.
+    std::fs::remove_file(&fail).unwrap();
+    wait_pooled(&env, "flaky", 1).await;
+}
