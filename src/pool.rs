@@ -196,7 +196,12 @@ impl Manager {
         } else {
             self.pooled_by_version(&challenge).await?
         };
-        let claimed = self.store.count_instances(challenge_id).await?;
+        // Counting claimed instances reads a directory that may hold
+        // thousands of entries, and only a pool capped by `max` needs it.
+        let claimed = match challenge.min > 0 && challenge.max > 0 {
+            true => self.store.count_instances(challenge_id).await?,
+            false => 0,
+        };
         let wanted = if challenge.is_expired(Utc::now()) {
             Delta { create: 0, destroy: current.len() }
         } else {
@@ -230,7 +235,7 @@ impl Manager {
                 }
             }
         }
-        log_round(&challenge, claimed, self.store.pooled(challenge_id)?.len(), &report);
+        log_round(&challenge, self.store.pooled(challenge_id)?.len(), &report);
         if report.failed == 0 {
             self.pooler.rounds().entry(challenge_id.to_owned()).or_default().verified = Some(version);
         }
@@ -426,7 +431,7 @@ fn retry_delay(failures: u32) -> Duration {
     (Duration::from_secs(1) * factor).min(MAX_RETRY_DELAY)
 }
 
-fn log_round(challenge: &Challenge, claimed: usize, pooled: usize, report: &RoundReport) {
+fn log_round(challenge: &Challenge, pooled: usize, report: &RoundReport) {
     let RoundReport { created, destroyed, failed, .. } = *report;
     if created == 0 && destroyed == 0 && failed == 0 {
         return;
@@ -436,7 +441,7 @@ fn log_round(challenge: &Challenge, claimed: usize, pooled: usize, report: &Roun
         (0, _) if failed == 0 => "pool shrunk",
         _ => "pool changed",
     };
-    info!(challenge_id = %challenge.id, claimed, pooled, created, destroyed, failed, min = challenge.min, max = challenge.max, "{message}");
+    info!(challenge_id = %challenge.id, pooled, created, destroyed, failed, min = challenge.min, max = challenge.max, "{message}");
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@
 //! <dir>/challenges/<key(challenge id)>/state/<identity>/     CM_STATE_DIR of an instance
 //! <dir>/challenges/<key(challenge id)>/pool/<identity>.json  a pooled instance (see `pool`)
 //! <dir>/spare/                              files and directories made ahead of time
-//! <dir>/trash/                              state directories waiting for removal (see `trash`)
 //! ```
 //!
 //! `key(id)` is the first 32 hex digits of SHA-256(id). Locking is not this
@@ -26,7 +25,6 @@ mod atomic;
 mod intent;
 mod pool;
 mod spare;
-mod trash;
 
 use std::{
     io,
@@ -39,7 +37,6 @@ use sha2::{Digest, Sha256};
 
 use crate::{challenge::Challenge, instance::Instance};
 use spare::Spares;
-use trash::Trash;
 
 pub use atomic::write_atomic;
 pub use intent::{FoundIntent, Intent};
@@ -80,7 +77,6 @@ pub fn key(id: &str) -> String {
 pub struct Store {
     root: PathBuf,
     spares: Arc<Spares>,
-    trash: Arc<Trash>,
 }
 
 impl Store {
@@ -91,9 +87,7 @@ impl Store {
         std::fs::create_dir_all(&challenges).map_err(io_error("create", &challenges))?;
         let spare_dir = root.join("spare");
         let spares = Spares::open(spare_dir.clone()).map_err(io_error("open", &spare_dir))?;
-        let trash_dir = root.join("trash");
-        let trash = Trash::open(trash_dir.clone()).map_err(io_error("open", &trash_dir))?;
-        Ok(Self { root, spares, trash: Arc::new(trash) })
+        Ok(Self { root, spares })
     }
 
     pub fn root(&self) -> &Path {
@@ -226,13 +220,12 @@ impl Store {
         }
         let file = self.instance_file(&instance.challenge_id, &instance.source_id);
         let state = self.state_dir(&instance.challenge_id, &instance.identity);
-        let trash = Arc::clone(&self.trash);
         blocking(move || {
             remove_file_if_exists(&file)?;
             if let Some(parent) = file.parent() {
                 atomic::sync_dir(parent).map_err(io_error("sync", parent))?;
             }
-            trash.discard(&state).map_err(io_error("remove", &state))
+            remove_dir_if_exists(&state)
         })
         .await
     }
@@ -241,8 +234,7 @@ impl Store {
     /// its record was written, or replaced by a new deployment.
     pub async fn delete_state_dir(&self, challenge_id: &str, identity: &str) -> Result<()> {
         let state = self.state_dir(challenge_id, identity);
-        let trash = Arc::clone(&self.trash);
-        blocking(move || trash.discard(&state).map_err(io_error("remove", &state))).await
+        blocking(move || remove_dir_if_exists(&state)).await
     }
 
     /// Creates an empty state directory, removing an old one first.
