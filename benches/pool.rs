@@ -1,10 +1,10 @@
 //! Benchmark of pooled claims.
 //!
 //! 1. Server side: the median time of `Manager::create_instance` when the
-//!    pool has an instance ready, against the median time of one durable
-//!    atomic write (write, fsync, rename, fsync of the directory) of a
-//!    record-sized file into the same directory, measured alternately in
-//!    the same run.
+//!    pool has an instance ready. It is compared with the median time of
+//!    one durable atomic write (write, fsync, rename, fsync of the
+//!    directory) of a record-sized file into the same directory, measured
+//!    alternately in the same run.
 //! 2. End to end: 100 pooled claims over REST against a real `serve`,
 //!    one after the other, with their median and 99th percentile.
 //!
@@ -53,7 +53,7 @@ async fn wait_for<F: Future<Output = usize>>(count: usize, mut pooled: impl FnMu
 }
 
 /// Claims through the library, as the API handlers do, alternating with
-/// durable writes into the directory that holds the instance records.
+/// durable writes into the directory of the instance records.
 async fn server_side(work: &Path) {
     let data_dir = work.join("server-side");
     let manager = Manager::open(Settings {

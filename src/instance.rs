@@ -217,7 +217,6 @@ impl Manager {
             // challenge, so the files left are those of stopped processes.
             let _lock = self.locks.challenge(&id, Mode::Write).await?;
             let challenge = self.load_challenge(&id).await?;
-            settled += self.recover_pool(&challenge).await?;
             for intent in self.store.settle_files(&id).await? {
                 match self.finish_interrupted(&challenge, &intent).await {
                     Ok(()) => settled += 1,
@@ -229,6 +228,9 @@ impl Manager {
                     ),
                 }
             }
+            // After the records are settled: a claim whose record was still
+            // under a temporary name must count as done, not be destroyed.
+            settled += self.recover_pool(&challenge).await?;
         }
         Ok(settled)
     }

@@ -2,9 +2,9 @@
 //! instance takes one in about a millisecond instead of waiting for `up`.
 //!
 //! A challenge's `min` is the number of pooled (unclaimed) instances to
-//! keep ready, and its `max` the total of claimed and pooled instances
-//! above which no pooled instance is deployed; 0 means no limit, and
-//! `max > 0` with `min = 0` keeps no pool. The pool never blocks an
+//! keep ready. Its `max` is the total of claimed and pooled instances above
+//! which no pooled instance is deployed, and 0 means no limit. `max > 0`
+//! with `min = 0` keeps no pool. The pool never blocks an
 //! on-demand deployment: an empty pool only means a slower create.
 //!
 //! Pools are filled and shrunk by *rounds*, in the background, never on a
@@ -46,10 +46,11 @@ use crate::{
     runner::Deployment,
 };
 
-/// Interval of the rounds that every challenge gets, whatever happens.
+/// Interval of the periodic rounds, which run for every challenge even
+/// when nothing triggered one.
 const TICK: Duration = Duration::from_secs(15);
 
-/// Longest wait before a round that follows failed deployments.
+/// Maximum wait before a round that follows failed deployments.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
 /// Pooled instances to deploy and to destroy to reach a pool's target.
@@ -102,7 +103,7 @@ impl Pooler {
     }
 }
 
-/// What one round did.
+/// Counts of one round.
 #[derive(Debug, Default)]
 struct RoundReport {
     created: usize,
@@ -113,8 +114,9 @@ struct RoundReport {
 }
 
 impl Manager {
-    /// Starts filling pools in this process: recovers each challenge's
-    /// pool, runs a round for every challenge, then one every [`TICK`].
+    /// Starts filling pools in this process: a round for every challenge
+    /// now, then every [`TICK`]. Call it after [`Manager::recover_interrupted`],
+    /// which settles what a stopped process left in the pools.
     pub fn start_pooler(&self) {
         self.pooler.enabled.store(true, Ordering::Release);
         let manager = self.clone();
@@ -131,7 +133,7 @@ impl Manager {
         });
     }
 
-    /// Starts a round for a challenge's pool, or asks the running one to
+    /// Starts a round for a challenge's pool, or marks the running one to
     /// run again. Does nothing where the pooler is not started.
     pub(crate) fn refill_pool(&self, challenge_id: &str) {
         if !self.pooler.enabled.load(Ordering::Acquire) {

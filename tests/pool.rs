@@ -63,8 +63,8 @@ async fn claim(env: &Env, challenge_id: &str, source_id: &str) -> Value {
     body
 }
 
-/// The identity behind an instance, from the connection info the
-/// recorder scenario derives from it.
+/// Returns the identity behind an instance, from the connection info that
+/// the recorder scenario derives from it.
 fn identity(instance: &Value) -> String {
     instance["connectionInfo"].as_str().unwrap().strip_prefix("conn-").unwrap().to_owned()
 }
@@ -118,7 +118,7 @@ async fn pool_refills_after_claims_and_deletions() {
 }
 
 #[tokio::test]
-async fn pooled_instances_are_hidden_from_listings_and_the_janitor() {
+async fn pooled_hidden_from_listings_and_janitor() {
     let env = Env::start().await;
     let scenario = env.push("recorder", RECORDER).await;
     let body = json!({"id": "short", "scenario": scenario, "timeout": "1s", "min": 2});

@@ -12,7 +12,7 @@
 //! `.taken`: of several renames of one file, only the first succeeds, so no
 //! two claims get the same instance, in one process or in several sharing
 //! the directory. A claim then writes the source's record durably and
-//! removes the `.taken` file without a flush: recovery knows a `.taken` or
+//! removes the `.taken` file without a flush. Recovery treats a `.taken` or
 //! `.json` file whose identity also appears in a source's record as claimed.
 
 use std::{
@@ -28,7 +28,7 @@ const READY: &str = "json";
 const INTENT: &str = "intent";
 const TAKEN: &str = "taken";
 
-/// What a stopped process left in a pool, for recovery to settle.
+/// Pool files left by a stopped process, for recovery to settle.
 #[derive(Debug, Default)]
 pub struct PoolLeftovers {
     /// Pooled deployments that may have started but were never recorded.
@@ -140,13 +140,15 @@ impl Store {
                         remove_file_if_exists(&file)?;
                         continue;
                     }
+                    if extension == READY {
+                        continue;
+                    }
                     // Pooled records are written atomically, so a record
                     // that cannot be read is a bug or a damaged disk.
                     let Some(instance) = read_json::<Instance>(&file)? else { continue };
                     match extension {
                         INTENT => leftovers.unfinished.push(instance),
-                        TAKEN => leftovers.taken.push(instance),
-                        _ => {}
+                        _ => leftovers.taken.push(instance),
                     }
                 }
             }
@@ -175,4 +177,101 @@ fn names_with_extension(dir: &Path, extension: &str) -> Result<Vec<String>> {
     }
     names.sort();
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::Utc;
+
+    use super::*;
+    use crate::challenge::Challenge;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let challenge = Challenge {
+            id: "c".into(),
+            scenario: "registry/scenario:v1".into(),
+            digest: "sha256:00".into(),
+            timeout: None,
+            until: None,
+            additional: BTreeMap::new(),
+            min: 2,
+            max: 0,
+        };
+        assert!(store.create_challenge(&challenge).await.unwrap());
+        (dir, store)
+    }
+
+    fn pooled(identity: &str) -> Instance {
+        let now = Utc::now();
+        Instance {
+            challenge_id: "c".into(),
+            source_id: String::new(),
+            identity: identity.into(),
+            since: now,
+            last_renew: now,
+            until: None,
+            connection_info: format!("conn-{identity}"),
+            flags: Vec::new(),
+            additional: BTreeMap::new(),
+            deployed: Default::default(),
+        }
+    }
+
+    async fn ready(store: &Store, identity: &str) {
+        store.begin_pooled(&pooled(identity)).await.unwrap();
+        store.commit_pooled(&pooled(identity)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn take_gives_each_instance_once() {
+        let (_dir, store) = store().await;
+        ready(&store, "00000000000000aa").await;
+
+        let taken = store.take_pooled("c", "00000000000000aa").unwrap().expect("a ready instance");
+        assert_eq!(taken.connection_info, "conn-00000000000000aa");
+        assert!(store.take_pooled("c", "00000000000000aa").unwrap().is_none());
+        assert!(store.pooled("c").unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn leftovers_sorted_by_outcome() {
+        let (_dir, store) = store().await;
+        // Deployed, then claimed up to the record, whose pool entry came
+        // back: the record wins.
+        ready(&store, "00000000000000aa").await;
+        let claimed = Instance { source_id: "team".into(), ..pooled("00000000000000aa") };
+        store.save_instance(&claimed).await.unwrap();
+        // Taken by a claim that never wrote its record.
+        ready(&store, "00000000000000bb").await;
+        store.take_pooled("c", "00000000000000bb").unwrap().unwrap();
+        // A deployment that never finished.
+        store.begin_pooled(&pooled("00000000000000cc")).await.unwrap();
+        // A ready one, which stays.
+        ready(&store, "00000000000000dd").await;
+
+        let leftovers = store.pool_leftovers("c").await.unwrap();
+
+        let identities = |list: &[Instance]| list.iter().map(|i| i.identity.clone()).collect::<Vec<_>>();
+        assert_eq!(identities(&leftovers.taken), ["00000000000000bb"]);
+        assert_eq!(identities(&leftovers.unfinished), ["00000000000000cc"]);
+        assert_eq!(store.pooled("c").unwrap(), ["00000000000000dd"], "the claimed entry stayed in the pool");
+    }
+
+    #[tokio::test]
+    async fn claim_moves_the_record_to_its_source() {
+        let (_dir, store) = store().await;
+        ready(&store, "00000000000000aa").await;
+        let taken = store.take_pooled("c", "00000000000000aa").unwrap().unwrap();
+
+        store.commit_claim(&Instance { source_id: "team".into(), ..taken }).await.unwrap();
+
+        let record = store.load_instance("c", "team").await.unwrap().expect("a record for the source");
+        assert_eq!(record.identity, "00000000000000aa");
+        assert!(store.pool_leftovers("c").await.unwrap().taken.is_empty());
+        assert_eq!(store.count_instances("c").await.unwrap(), 1);
+    }
 }
