@@ -221,6 +221,17 @@ async fn create_instance(env: &Env, challenge_id: &str, source_id: &str) {
     assert_eq!(status, 200, "{created}");
 }
 
+/// Sends a CreateChallenge for `reference` over REST and over gRPC, checks
+/// both errors against `expected`, and returns them for further checks.
+async fn rejected_create(env: &Env, reference: &str, expected: &Expected<'_>) -> (Value, Status) {
+    let (status, body) = env.post("/api/v1/challenge", json!({"id": "1", "scenario": reference})).await;
+    expected.check_rest(status, &body);
+
+    let error = challenges(env).await.create_challenge(create_request("1", reference)).await.unwrap_err();
+    expected.check_grpc(&error);
+    (body, error)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_bounds_on_create() {
     let env = Env::start().await;
@@ -340,15 +351,12 @@ async fn malformed_reference() {
     };
     let expected_links = ["https://github.com/opencontainers/image-spec"];
 
-    let (status, body) = env.post("/api/v1/challenge", json!({"id": "1", "scenario": reference})).await;
-    expected.check_rest(status, &body);
+    let (body, error) = rejected_create(&env, reference, &expected).await;
     let (kind, name, owner, description) = rest_resource(&body);
     assert_eq!((kind.as_str(), name.as_str(), owner.as_str()), ("Reference", reference, ""));
     assert!(description.contains("Upper"), "the parser error is the description: {description}");
     assert_eq!(rest_links(&body), expected_links);
 
-    let error = challenges(&env).await.create_challenge(create_request("1", reference)).await.unwrap_err();
-    expected.check_grpc(&error);
     assert_eq!(grpc_resource(&error).0, "Reference");
     assert_eq!(grpc_links(&error), expected_links);
 }
@@ -368,12 +376,9 @@ async fn reference_missing_from_registry() {
     };
     let expected_violations = violations(&[("scenario", "OCI_REFERENCE_NOT_FOUND", "Reference not found.")]);
 
-    let (status, body) = env.post("/api/v1/challenge", json!({"id": "1", "scenario": reference})).await;
-    expected.check_rest(status, &body);
+    let (body, error) = rejected_create(&env, &reference, &expected).await;
     assert_eq!(rest_violations(&body), expected_violations);
 
-    let error = challenges(&env).await.create_challenge(create_request("1", &reference)).await.unwrap_err();
-    expected.check_grpc(&error);
     assert_eq!(grpc_violations(&error), expected_violations);
 }
 
@@ -392,12 +397,9 @@ async fn unreachable_registry() {
     };
     let expected_violations = violations(&[("scenario", "OCI_INTERACTION", "Registry is unreachable.")]);
 
-    let (status, body) = env.post("/api/v1/challenge", json!({"id": "1", "scenario": reference})).await;
-    expected.check_rest(status, &body);
+    let (body, error) = rejected_create(&env, &reference, &expected).await;
     assert_eq!(rest_violations(&body), expected_violations);
 
-    let error = challenges(&env).await.create_challenge(create_request("1", &reference)).await.unwrap_err();
-    expected.check_grpc(&error);
     assert_eq!(grpc_violations(&error), expected_violations);
 }
 
@@ -422,12 +424,9 @@ async fn registry_requiring_credentials() {
          for which credentials did not match.",
     )]);
 
-    let (status, body) = env.post("/api/v1/challenge", json!({"id": "1", "scenario": reference})).await;
-    expected.check_rest(status, &body);
+    let (body, error) = rejected_create(&env, &reference, &expected).await;
     assert_eq!(rest_violations(&body), expected_violations);
 
-    let error = challenges(&env).await.create_challenge(create_request("1", &reference)).await.unwrap_err();
-    expected.check_grpc(&error);
     assert_eq!(grpc_violations(&error), expected_violations);
 }
 
@@ -446,12 +445,8 @@ async fn failing_registry_is_internal() {
         details: &["ErrorInfo"],
     };
 
-    let (status, body) = env.post("/api/v1/challenge", json!({"id": "1", "scenario": reference})).await;
-    expected.check_rest(status, &body);
+    let (body, _) = rejected_create(&env, &reference, &expected).await;
     assert!(!body.to_string().contains("UNKNOWN"), "the registry's answer is not sent: {body}");
-
-    let error = challenges(&env).await.create_challenge(create_request("1", &reference)).await.unwrap_err();
-    expected.check_grpc(&error);
 
     // The cause is logged, with the challenge id.
     let mut logged =
@@ -473,8 +468,7 @@ async fn scenario_not_matching_specification() {
         details: &["ErrorInfo", "ResourceInfo", "Help", "BadRequest"],
     };
 
-    let (status, body) = env.post("/api/v1/challenge", json!({"id": "1", "scenario": reference})).await;
-    expected.check_rest(status, &body);
+    let (body, error) = rejected_create(&env, &reference, &expected).await;
     let (kind, name, _, _) = rest_resource(&body);
     assert_eq!((kind.as_str(), name.as_str()), ("Scenario", reference.as_str()));
     assert_eq!(rest_links(&body).len(), 2, "{body}");
@@ -483,8 +477,6 @@ async fn scenario_not_matching_specification() {
     assert_eq!((violations[0].0.as_str(), violations[0].1.as_str()), ("scenario", "VALIDATION"));
     assert!(violations[0].2.contains("neither scenario.yaml nor Pulumi.yaml"), "the cause is described: {body}");
 
-    let error = challenges(&env).await.create_challenge(create_request("1", &reference)).await.unwrap_err();
-    expected.check_grpc(&error);
     assert_eq!(grpc_resource(&error).0, "Scenario");
     assert_eq!(grpc_violations(&error), violations);
 }

@@ -293,24 +293,7 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::challenge::Challenge;
-
-    async fn store_with_challenge() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let challenge = Challenge {
-            id: "c".into(),
-            scenario: "registry/scenario:v1".into(),
-            digest: "sha256:00".into(),
-            timeout: None,
-            until: None,
-            additional: BTreeMap::new(),
-            min: 0,
-            max: 0,
-        };
-        assert!(store.create_challenge(&challenge).await.unwrap());
-        (dir, store)
-    }
+    use crate::store::testing::store_with_challenge;
 
     fn instance(connection_info: &str) -> Instance {
         Instance {

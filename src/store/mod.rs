@@ -327,3 +327,29 @@ fn remove_dir_if_exists(path: &Path) -> Result<()> {
         Err(err) => Err(io_error("remove", path)(err)),
     }
 }
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::collections::BTreeMap;
+
+    use super::Store;
+    use crate::challenge::Challenge;
+
+    /// Opens a store in a new temporary directory with one challenge, `c`.
+    pub(crate) async fn store_with_challenge() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let challenge = Challenge {
+            id: "c".into(),
+            scenario: "registry/scenario:v1".into(),
+            digest: "sha256:00".into(),
+            timeout: None,
+            until: None,
+            additional: BTreeMap::new(),
+            min: 0,
+            max: 0,
+        };
+        assert!(store.create_challenge(&challenge).await.unwrap());
+        (dir, store)
+    }
+}

@@ -186,24 +186,7 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::challenge::Challenge;
-
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let challenge = Challenge {
-            id: "c".into(),
-            scenario: "registry/scenario:v1".into(),
-            digest: "sha256:00".into(),
-            timeout: None,
-            until: None,
-            additional: BTreeMap::new(),
-            min: 2,
-            max: 0,
-        };
-        assert!(store.create_challenge(&challenge).await.unwrap());
-        (dir, store)
-    }
+    use crate::store::testing::store_with_challenge;
 
     fn pooled(identity: &str) -> Instance {
         let now = Utc::now();
@@ -228,7 +211,7 @@ mod tests {
 
     #[tokio::test]
     async fn take_gives_each_instance_once() {
-        let (_dir, store) = store().await;
+        let (_dir, store) = store_with_challenge().await;
         ready(&store, "00000000000000aa").await;
 
         let taken = store.take_pooled("c", "00000000000000aa").unwrap().expect("a ready instance");
@@ -239,7 +222,7 @@ mod tests {
 
     #[tokio::test]
     async fn leftovers_sorted_by_outcome() {
-        let (_dir, store) = store().await;
+        let (_dir, store) = store_with_challenge().await;
         // Deployed, then claimed up to the record, whose pool entry came
         // back: the record wins.
         ready(&store, "00000000000000aa").await;
@@ -263,7 +246,7 @@ mod tests {
 
     #[tokio::test]
     async fn claim_moves_the_record_to_its_source() {
-        let (_dir, store) = store().await;
+        let (_dir, store) = store_with_challenge().await;
         ready(&store, "00000000000000aa").await;
         let taken = store.take_pooled("c", "00000000000000aa").unwrap().unwrap();
 
