@@ -34,7 +34,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use futures::future::join_all;
+use futures::{StreamExt, future::join_all, stream};
 use tracing::{info, warn};
 
 use crate::{
@@ -49,6 +49,10 @@ use crate::{
 /// Interval of the periodic rounds, which run for every challenge even
 /// when nothing triggered one.
 const TICK: Duration = Duration::from_secs(15);
+
+/// Maximum pooled deployments in progress at a time in one round, so that
+/// a large `min` does not start hundreds of scenarios at once.
+const FILL_PARALLEL: usize = 4;
 
 /// Maximum wait before a round that follows failed deployments.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
@@ -215,7 +219,11 @@ impl Manager {
         let surplus = current.iter().rev().take(wanted.destroy);
         let doomed: Vec<&String> = stale.iter().chain(surplus).collect();
         let destroyed = join_all(doomed.iter().map(|identity| self.destroy_pooled(&challenge, identity))).await;
-        let created = join_all((0..wanted.create).map(|_| self.fill_one(&challenge))).await;
+        let created: Vec<Result<()>> = stream::iter(0..wanted.create)
+            .map(|_| self.fill_one(&challenge))
+            .buffer_unordered(FILL_PARALLEL)
+            .collect()
+            .await;
 
         let mut report = RoundReport::default();
         for result in destroyed {
