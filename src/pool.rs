@@ -117,6 +117,34 @@ struct RoundReport {
     gone: bool,
 }
 
+impl RoundReport {
+    /// Counts the outcomes of a round's destructions (`false`: a claim took
+    /// the instance first) and deployments, and logs each failure.
+    fn tally(challenge_id: &str, destroyed: Vec<Result<bool>>, created: Vec<Result<()>>) -> Self {
+        let mut report = Self::default();
+        for result in destroyed {
+            match result {
+                Ok(true) => report.destroyed += 1,
+                Ok(false) => {}
+                Err(err) => {
+                    report.failed += 1;
+                    warn!(challenge_id, error = %err, "failed to destroy a pooled instance");
+                }
+            }
+        }
+        for result in created {
+            match result {
+                Ok(()) => report.created += 1,
+                Err(err) => {
+                    report.failed += 1;
+                    warn!(challenge_id, error = %err, "failed to deploy a pooled instance");
+                }
+            }
+        }
+        report
+    }
+}
+
 impl Manager {
     /// Starts filling pools in this process: a round for every challenge
     /// now, then every [`TICK`]. Call it after [`Manager::recover_interrupted`],
@@ -204,10 +232,8 @@ impl Manager {
         };
         // Counting claimed instances reads a directory that may hold
         // thousands of entries, and only a pool capped by `max` needs it.
-        let claimed = match challenge.min > 0 && challenge.max > 0 {
-            true => self.store.count_instances(challenge_id).await?,
-            false => 0,
-        };
+        let claimed =
+            if challenge.min > 0 && challenge.max > 0 { self.store.count_instances(challenge_id).await? } else { 0 };
         let wanted = if challenge.is_expired(Utc::now()) {
             Delta { create: 0, destroy: current.len() }
         } else {
@@ -225,26 +251,7 @@ impl Manager {
             .collect()
             .await;
 
-        let mut report = RoundReport::default();
-        for result in destroyed {
-            match result {
-                Ok(true) => report.destroyed += 1,
-                Ok(false) => {}
-                Err(err) => {
-                    report.failed += 1;
-                    warn!(challenge_id, error = %err, "failed to destroy a pooled instance");
-                }
-            }
-        }
-        for result in created {
-            match result {
-                Ok(()) => report.created += 1,
-                Err(err) => {
-                    report.failed += 1;
-                    warn!(challenge_id, error = %err, "failed to deploy a pooled instance");
-                }
-            }
-        }
+        let report = RoundReport::tally(challenge_id, destroyed, created);
         log_round(&challenge, self.store.pooled(challenge_id)?.len(), &report);
         if report.failed == 0 {
             self.pooler.rounds().entry(challenge_id.to_owned()).or_default().verified = Some(version);
