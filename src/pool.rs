@@ -4,8 +4,8 @@
 //! A challenge's `min` is the number of pooled (unclaimed) instances to
 //! keep ready. Its `max` is the total of claimed and pooled instances above
 //! which no pooled instance is deployed, and 0 means no limit. `max > 0`
-//! with `min = 0` keeps no pool. The pool never blocks an
-//! on-demand deployment: an empty pool only means a slower create.
+//! with `min = 0` keeps no pool. An empty pool only makes a create slower:
+//! it deploys on demand, as without a pool.
 //!
 //! Pools are filled and shrunk by *rounds*, in the background, never on a
 //! request's path. A round counts the claimed and pooled instances, applies
@@ -114,7 +114,7 @@ struct RoundReport {
     destroyed: usize,
     failed: usize,
     /// The challenge no longer exists.
-    gone: bool,
+    challenge_deleted: bool,
 }
 
 impl RoundReport {
@@ -198,10 +198,10 @@ impl Manager {
                 let mut rounds = self.pooler.rounds();
                 let round = rounds.entry(challenge_id.clone()).or_default();
                 round.failures = if report.failed > 0 { round.failures + 1 } else { 0 };
-                if std::mem::take(&mut round.again) && !report.gone {
+                if std::mem::take(&mut round.again) && !report.challenge_deleted {
                     continue;
                 }
-                if report.gone {
+                if report.challenge_deleted {
                     rounds.remove(&challenge_id);
                     return;
                 }
@@ -220,7 +220,7 @@ impl Manager {
     async fn pool_round(&self, challenge_id: &str) -> Result<RoundReport> {
         let _lock = self.locks.challenge(challenge_id, Mode::Read).await?;
         let Some(challenge) = self.store.load_challenge(challenge_id).await? else {
-            return Ok(RoundReport { gone: true, ..RoundReport::default() });
+            return Ok(RoundReport { challenge_deleted: true, ..RoundReport::default() });
         };
 
         let version = pooled_version(&challenge);
@@ -234,7 +234,7 @@ impl Manager {
         // thousands of entries, and only a pool capped by `max` needs it.
         let claimed =
             if challenge.min > 0 && challenge.max > 0 { self.store.count_instances(challenge_id).await? } else { 0 };
-        let wanted = if challenge.is_expired(Utc::now()) {
+        let change = if challenge.is_expired(Utc::now()) {
             Delta { create: 0, destroy: current.len() }
         } else {
             delta(challenge.min, challenge.max, claimed, current.len())
@@ -242,10 +242,10 @@ impl Manager {
 
         // The newest pooled instances go first, so the oldest, claimed
         // first, stay.
-        let surplus = current.iter().rev().take(wanted.destroy);
+        let surplus = current.iter().rev().take(change.destroy);
         let doomed: Vec<&String> = stale.iter().chain(surplus).collect();
         let destroyed = join_all(doomed.iter().map(|identity| self.destroy_pooled(&challenge, identity))).await;
-        let created: Vec<Result<()>> = stream::iter(0..wanted.create)
+        let created: Vec<Result<()>> = stream::iter(0..change.create)
             .map(|_| self.fill_one(&challenge))
             .buffer_unordered(FILL_PARALLEL)
             .collect()
