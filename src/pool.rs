@@ -12,10 +12,10 @@
 //! [`delta`], deploys or destroys the difference, and replaces pooled
 //! instances that run an older scenario or older values. Rounds start after
 //! a challenge is created or updated, after each claim and instance
-//! deletion, when `serve` starts, and every [`TICK`] (which drains pools of
-//! challenges past their `until` and retries failures). At most one round
-//! per challenge runs at a time in a process; a trigger that arrives during
-//! a round makes it run again, so racing triggers never overshoot.
+//! deletion, when `serve` starts, just after a challenge's `until` (to drain
+//! its pool), and every [`TICK`]. At most one round per challenge runs at a
+//! time in a process. A trigger that arrives during a round makes it run
+//! again, so racing triggers never overshoot.
 //!
 //! A round holds the challenge's read lock while it deploys: an update or a
 //! deletion of the challenge waits for the deployments in flight, as in the
@@ -97,6 +97,8 @@ struct Round {
     /// counts the pooled records instead of reading each one: rounds are
     /// the only writers of pooled records, and they deploy this version.
     verified: Option<Deployed>,
+    /// The challenge end at which a round is scheduled to drain the pool.
+    drain_at: Option<DateTime<Utc>>,
 }
 
 impl Pooler {
@@ -234,7 +236,11 @@ impl Manager {
         // thousands of entries, and only a pool capped by `max` needs it.
         let claimed =
             if challenge.min > 0 && challenge.max > 0 { self.store.count_instances(challenge_id).await? } else { 0 };
-        let change = if challenge.is_expired(Utc::now()) {
+        let now = Utc::now();
+        if let Some(until) = challenge.until.filter(|until| *until > now && challenge.min > 0) {
+            self.schedule_drain(challenge_id, until);
+        }
+        let change = if challenge.is_expired(now) {
             Delta { create: 0, destroy: current.len() }
         } else {
             delta(challenge.min, challenge.max, claimed, current.len())
@@ -257,6 +263,26 @@ impl Manager {
             self.pooler.rounds().entry(challenge_id.to_owned()).or_default().verified = Some(version);
         }
         Ok(report)
+    }
+
+    /// Runs a round just after the challenge's end, which destroys its
+    /// pool, unless one is already scheduled for that time.
+    fn schedule_drain(&self, challenge_id: &str, until: DateTime<Utc>) {
+        {
+            let mut rounds = self.pooler.rounds();
+            let round = rounds.entry(challenge_id.to_owned()).or_default();
+            if round.drain_at == Some(until) {
+                return;
+            }
+            round.drain_at = Some(until);
+        }
+        // Expiry is strict (`now > until`), so the round runs just after.
+        let wait = (until - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(10);
+        let (manager, id) = (self.clone(), challenge_id.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            manager.refill_pool(&id);
+        });
     }
 
     /// Lists the identities of the ready pooled instances of a challenge,

@@ -346,3 +346,23 @@ async fn failed_fills_are_logged_and_retried() {
     std::fs::remove_file(&fail).unwrap();
     wait_pooled(&env, "flaky", 1).await;
 }
+
+#[tokio::test]
+async fn pool_drains_when_the_challenge_ends() {
+    let env = Env::start().await;
+    let scenario = env.push("recorder", RECORDER).await;
+    let until = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let until = until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let body = json!({"id": "ending", "scenario": scenario, "until": until, "min": 2});
+    let (status, created) = env.post("/api/v1/challenge", body).await;
+    assert_eq!(status, 200, "{created}");
+    wait_pooled(&env, "ending", 2).await;
+
+    // Well before the periodic round: the drain is scheduled at the end.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !alive(&env).is_empty() {
+        assert!(Instant::now() < deadline, "pooled deployments outlived their challenge: {:?}", alive(&env));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pooled(&env, "ending").await, 0);
+}
