@@ -219,7 +219,7 @@ impl Manager {
             return Err(Error::ChallengeExists { id: challenge.id });
         }
         info!(digest = %challenge.digest, "challenge created");
-        self.refill_pool(&challenge.id);
+        self.refill_pool_now(&challenge.id);
         Ok(ChallengeInfo { challenge, instances: Vec::new(), pooled: None })
     }
 
@@ -334,9 +334,10 @@ impl Manager {
         }
         self.store.save_challenge(&challenge).await?;
         info!(fields = ?update.mask, digest = %challenge.digest, "challenge updated");
-        // Also without any change: the round repairs the pool. It starts
-        // once this update releases the challenge's lock.
-        self.refill_pool(&challenge.id);
+        // Also without any change: the round repairs the pool, at once even
+        // if failed deployments made it wait. It starts once this update
+        // releases the challenge's lock.
+        self.refill_pool_now(&challenge.id);
 
         let expiry_changed = challenge.timeout != old.timeout || challenge.until != old.until;
         let instances = self.store.list_instances(&challenge.id).await?;

@@ -176,6 +176,8 @@ impl Manager {
         // running: the next start of `serve` finishes it.
         self.store.commit_instance(intent, &instance).await?;
         info!("instance created");
+        // One more instance counts towards the pool's `max`.
+        self.refill_pool(&challenge_id);
         Ok(instance)
     }
 

@@ -11,8 +11,8 @@
 //! request's path. A round counts the claimed and pooled instances, applies
 //! [`delta`], deploys or destroys the difference, and replaces pooled
 //! instances that run an older scenario or older values. Rounds start after
-//! a challenge is created or updated, after each claim and instance
-//! deletion, when `serve` starts, just after a challenge's `until` (to drain
+//! a challenge is created or updated, after each claim, on-demand
+//! deployment and instance deletion, when `serve` starts, just after a challenge's `until` (to drain
 //! its pool), and every [`TICK`]. At most one round per challenge runs at a
 //! time in a process. A trigger that arrives during a round makes it run
 //! again, so racing triggers never overshoot.
@@ -27,7 +27,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -35,6 +35,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, future::join_all, stream};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::{
@@ -99,6 +100,8 @@ struct Round {
     verified: Option<Deployed>,
     /// The challenge end at which a round is scheduled to drain the pool.
     drain_at: Option<DateTime<Utc>>,
+    /// Cuts short the wait after failed deployments.
+    wake: Arc<Notify>,
 }
 
 impl Pooler {
@@ -130,7 +133,7 @@ impl RoundReport {
                 Ok(false) => {}
                 Err(err) => {
                     report.failed += 1;
-                    warn!(challenge_id, error = %err, "failed to destroy a pooled instance");
+                    warn!(challenge_id = %challenge_id, error = %err, "failed to destroy a pooled instance");
                 }
             }
         }
@@ -139,7 +142,7 @@ impl RoundReport {
                 Ok(()) => report.created += 1,
                 Err(err) => {
                     report.failed += 1;
-                    warn!(challenge_id, error = %err, "failed to deploy a pooled instance");
+                    warn!(challenge_id = %challenge_id, error = %err, "failed to deploy a pooled instance");
                 }
             }
         }
@@ -168,14 +171,29 @@ impl Manager {
     }
 
     /// Starts a round for a challenge's pool, or marks the running one to
-    /// run again. Does nothing where the pooler is not started.
+    /// run again. Does nothing where the pooler is not started. After
+    /// failed deployments, the next round waits for its backoff.
     pub(crate) fn refill_pool(&self, challenge_id: &str) {
+        self.trigger_round(challenge_id, false);
+    }
+
+    /// Like [`Manager::refill_pool`], but without waiting for a backoff:
+    /// for a new or changed challenge, whose settings may fix what failed.
+    pub(crate) fn refill_pool_now(&self, challenge_id: &str) {
+        self.trigger_round(challenge_id, true);
+    }
+
+    fn trigger_round(&self, challenge_id: &str, now: bool) {
         if !self.pooler.enabled.load(Ordering::Acquire) {
             return;
         }
         {
             let mut rounds = self.pooler.rounds();
             let round = rounds.entry(challenge_id.to_owned()).or_default();
+            if now {
+                round.failures = 0;
+                round.wake.notify_one();
+            }
             if round.running {
                 round.again = true;
                 return;
@@ -188,10 +206,18 @@ impl Manager {
 
     async fn run_rounds(&self, challenge_id: String) {
         loop {
+            // This round covers every trigger so far: only those that come
+            // while it runs call for another.
+            let wake = {
+                let mut rounds = self.pooler.rounds();
+                let round = rounds.entry(challenge_id.clone()).or_default();
+                round.again = false;
+                Arc::clone(&round.wake)
+            };
             let report = match self.pool_round(&challenge_id).await {
                 Ok(report) => report,
                 Err(err) => {
-                    warn!(challenge_id, error = %err, "pool round failed");
+                    warn!(challenge_id = %challenge_id, error = %err, "pool round failed");
                     RoundReport { failed: 1, ..RoundReport::default() }
                 }
             };
@@ -213,8 +239,11 @@ impl Manager {
                 }
                 retry_delay(round.failures)
             };
-            warn!(challenge_id, retry_in_ms = delay.as_millis() as u64, "pool deployments failed, retrying");
-            tokio::time::sleep(delay).await;
+            warn!(challenge_id = %challenge_id, retry_in_ms = delay.as_millis() as u64, "pool deployments failed, retrying");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = wake.notified() => {}
+            }
         }
     }
 
@@ -479,12 +508,17 @@ fn log_round(challenge: &Challenge, pooled: usize, report: &RoundReport) {
     if created == 0 && destroyed == 0 && failed == 0 {
         return;
     }
-    let message = match (created, destroyed) {
-        (_, 0) if failed == 0 => "pool filled",
-        (0, _) if failed == 0 => "pool shrunk",
-        _ => "pool changed",
+    let (min, max) = (challenge.min, challenge.max);
+    let message = match (created, destroyed, failed) {
+        (_, 0, 0) => "pool filled",
+        (0, _, 0) => "pool shrunk",
+        (_, _, 0) => "pool changed",
+        _ => {
+            warn!(challenge_id = %challenge.id, pooled, created, destroyed, failed, min, max, "pool round failed in part");
+            return;
+        }
     };
-    info!(challenge_id = %challenge.id, pooled, created, destroyed, failed, min = challenge.min, max = challenge.max, "{message}");
+    info!(challenge_id = %challenge.id, pooled, created, destroyed, failed, min, max, "{message}");
 }
 
 #[cfg(test)]

@@ -366,3 +366,55 @@ async fn pool_drains_when_the_challenge_ends() {
     }
     assert_eq!(pooled(&env, "ending").await, 0);
 }
+
+#[tokio::test]
+async fn on_demand_deployments_count_towards_max() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let registry = Registry::start();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let log_path = log.path().to_str().unwrap().to_owned();
+    let server = Server::start(&[("CM_TEST_LOG", &log_path), ("CM_TEST_SLEEP", "1")]);
+    let env = Env { registry, server, http: reqwest::Client::new(), log };
+    create_pooled_challenge(&env, "capped", 2, 3).await;
+    wait_pooled(&env, "capped", 2).await;
+
+    // A and B empty the pool and start a refill; C comes before the refill
+    // is ready, so it is deployed on demand, and 3 claimed reach max.
+    claim(&env, "capped", "A").await;
+    claim(&env, "capped", "B").await;
+    claim(&env, "capped", "C").await;
+
+    // The refill that was in flight is surplus: it goes well before the
+    // periodic round, 15 s after the start.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while alive(&env).len() != 3 || pooled(&env, "capped").await != 0 {
+        assert!(Instant::now() < deadline, "{} deployments for max=3", alive(&env).len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn update_retries_a_failing_pool_at_once() {
+    let env = Env::start().await;
+    let fail = format!("{}.fail", env.log.path().display());
+    std::fs::write(&fail, "").unwrap();
+    let scenario = env.push("flaky", FLAKY).await;
+    let body = json!({"id": "fixed", "scenario": scenario, "min": 1});
+    assert_eq!(env.post("/api/v1/challenge", body).await.0, 200);
+
+    // Wait for the 4 s backoff, after the failures of the first rounds.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !env.server.log().iter().any(|line| line.contains("retry_in_ms=4000")) {
+        assert!(Instant::now() < deadline, "no 4 s backoff: {:?}", env.server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The ChallMaker fixes the cause and saves the challenge.
+    std::fs::remove_file(&fail).unwrap();
+    let updated = Instant::now();
+    let body = json!({"updateMask": "min", "min": 1});
+    let (status, body) = env.request(Method::PATCH, "/api/v1/challenge/fixed", Some(body)).await;
+    assert_eq!(status, 200, "{body}");
+    wait_pooled(&env, "fixed", 1).await;
+    assert!(updated.elapsed() < Duration::from_secs(2), "the pool waited {:?} for its backoff", updated.elapsed());
+}

@@ -9,8 +9,8 @@ use super::error::Error;
 #[derive(clap::Args, Debug)]
 pub struct LogArgs {
     /// Log filter, in tracing's EnvFilter syntax, like `debug` or
-    /// `info,chall_manager=debug` [default: info for serve, warn for other
-    /// commands]
+    /// `info,chall_manager=debug` [default: info for serve and janitor, warn
+    /// for other commands]
     #[arg(long, env = "LOG_LEVEL", value_name = "FILTER", global = true, value_parser = parse_filter, help_heading = "Logging")]
     pub log_level: Option<String>,
 

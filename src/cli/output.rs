@@ -95,8 +95,11 @@ pub fn render_challenge(format: Format, info: &ChallengeInfo) -> Result<String, 
         ("min", challenge.min.to_string()),
         ("max", if challenge.max == 0 { "0 (no limit)".to_owned() } else { challenge.max.to_string() }),
         ("claimed", info.instances.len().to_string()),
-        ("pooled", info.pooled.map_or_else(|| "unknown".to_owned(), |pooled| pooled.to_string())),
     ]);
+    // Unknown for a server that does not send the count.
+    if let Some(pooled) = info.pooled {
+        fields.push(("pooled", pooled.to_string()));
+    }
 
     let mut text = render_fields(&fields);
     if !info.instances.is_empty() {
