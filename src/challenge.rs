@@ -97,6 +97,21 @@ pub enum Field {
 }
 
 impl Field {
+    /// Every field, in the order of the API message.
+    pub const ALL: [Self; 6] = [Self::Scenario, Self::Timeout, Self::Until, Self::Additional, Self::Min, Self::Max];
+
+    /// Returns the update mask path of the field.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Scenario => "scenario",
+            Self::Timeout => "timeout",
+            Self::Until => "until",
+            Self::Additional => "additional",
+            Self::Min => "min",
+            Self::Max => "max",
+        }
+    }
+
     /// Parses an update mask path, in snake_case or lowerCamelCase.
     pub fn parse(path: &str) -> Option<Self> {
         match path {

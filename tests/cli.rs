@@ -399,3 +399,69 @@ fn serve_with_json_logs_writes_only_json() {
     let address = address.expect("no `listening` event with an address");
     assert!(address.starts_with("127.0.0.1:"), "{address}");
 }
+
+/// Creates challenge `web` in `dir` from a scenario whose `up` prints one
+/// output line, with a 10 minute timeout and a pool bound of 4.
+fn create_local_challenge(dir: &Path) {
+    let scenario = dir.join("scenario");
+    std::fs::create_dir_all(&scenario).unwrap();
+    std::fs::write(
+        scenario.join("scenario.yaml"),
+        "runtime: exec\nup: echo '{\"connection_info\":\"nc 127.0.0.1 1\"}'\ndown: \"true\"\n",
+    )
+    .unwrap();
+    let scenario = scenario.to_str().unwrap();
+    let output =
+        run_local(dir, &["challenge", "create", "web", "--scenario", scenario, "--timeout", "10m", "--max", "4"]);
+    assert!(output.status.success(), "{:?}", stderr_lines(&output));
+}
+
+fn challenge_json(dir: &Path) -> serde_json::Value {
+    let output = run_local(dir, &["challenge", "get", "web", "--output", "json"]);
+    assert!(output.status.success(), "{:?}", stderr_lines(&output));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn challenge_update_changes_given_fields_only() {
+    let dir = tempfile::tempdir().unwrap();
+    create_local_challenge(dir.path());
+
+    let output = run_local(dir.path(), &["challenge", "update", "web", "--additional", "color=blue", "--min", "2"]);
+    assert!(output.status.success(), "{:?}", stderr_lines(&output));
+
+    let challenge = challenge_json(dir.path());
+    assert_eq!(challenge["additional"], serde_json::json!({"color": "blue"}));
+    assert_eq!(challenge["min"], "2");
+    assert_eq!(challenge["timeout"], "600s", "a field not given changed");
+    assert_eq!(challenge["max"], "4", "a field not given changed");
+}
+
+#[test]
+fn challenge_update_reset_clears_a_field() {
+    let dir = tempfile::tempdir().unwrap();
+    create_local_challenge(dir.path());
+
+    let output = run_local(dir.path(), &["challenge", "update", "web", "--reset", "timeout"]);
+    assert!(output.status.success(), "{:?}", stderr_lines(&output));
+
+    assert_eq!(challenge_json(dir.path())["timeout"], serde_json::Value::Null);
+}
+
+#[test]
+fn challenge_update_rejects_contradictions() {
+    let dir = tempfile::tempdir().unwrap();
+    create_local_challenge(dir.path());
+
+    let nothing = run_local(dir.path(), &["challenge", "update", "web"]);
+    assert_eq!(nothing.status.code(), Some(2), "an update without fields is a usage error");
+
+    let both = run_local(dir.path(), &["challenge", "update", "web", "--timeout", "5m", "--reset", "timeout"]);
+    let line = assert_one_line_error(&both);
+    assert!(line.contains("--reset timeout"), "{line}");
+
+    let inverted = run_local(dir.path(), &["challenge", "update", "web", "--min", "5"]);
+    let line = assert_one_line_error(&inverted);
+    assert!(line.contains("min"), "a min above the stored max was accepted: {line}");
+    assert_eq!(challenge_json(dir.path())["timeout"], "600s", "a rejected update changed the challenge");
+}

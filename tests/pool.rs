@@ -418,3 +418,21 @@ async fn update_retries_a_failing_pool_at_once() {
     wait_pooled(&env, "fixed", 1).await;
     assert!(updated.elapsed() < Duration::from_secs(2), "the pool waited {:?} for its backoff", updated.elapsed());
 }
+
+#[tokio::test]
+async fn cli_update_resizes_the_pool() {
+    let env = Env::start().await;
+    create_pooled_challenge(&env, "grow", 1, 0).await;
+    wait_pooled(&env, "grow", 1).await;
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chall-manager"))
+        .args(["challenge", "update", "grow", "--min", "3", "--url", &env.server.url("")])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    wait_pooled(&env, "grow", 3).await;
+    let (_, challenge) = env.get("/api/v1/challenge/grow").await;
+    assert_eq!(challenge["min"], "3");
+    assert_eq!(challenge["timeout"], "600s", "a field not given changed");
+}

@@ -12,7 +12,7 @@ use super::{
     remote::Remote,
 };
 use crate::{
-    challenge::{ChallengeInfo, NewChallenge},
+    challenge::{ChallengeInfo, ChallengeUpdate, NewChallenge},
     instance::Instance,
     manager::Manager,
 };
@@ -68,6 +68,13 @@ impl Backend {
         match self {
             Self::Local(manager) => Ok(manager.list_challenges().map_err(Error::from).boxed()),
             Self::Remote(remote) => remote.stream_challenges().await,
+        }
+    }
+
+    pub async fn update_challenge(&self, update: ChallengeUpdate) -> Result<ChallengeInfo, Error> {
+        match self {
+            Self::Local(manager) => Ok(manager.update_challenge(update).await?),
+            Self::Remote(remote) => remote.update_challenge(update).await,
         }
     }
 

@@ -13,7 +13,10 @@ use super::{
     output::{self, OutputArgs, Spinner},
     parse::{collect_pairs, parse_key_value, parse_timeout, parse_until},
 };
-use crate::{challenge::NewChallenge, scenario::Pinned};
+use crate::{
+    challenge::{ChallengeUpdate, Field, NewChallenge, UpdateStrategy},
+    scenario::Pinned,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -28,6 +31,9 @@ pub enum Command {
     Push(PushArgs),
     /// Register a challenge after checking that its scenario can be fetched
     Create(CreateArgs),
+    /// Change some fields of a challenge; only the fields given change.
+    /// Running instances follow a new scenario or new additional values
+    Update(UpdateArgs),
     /// Show a challenge and its instances
     Get(IdArgs),
     /// List every challenge
@@ -81,6 +87,63 @@ pub struct CreateArgs {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(group = clap::ArgGroup::new("fields").multiple(true).required(true).args(["scenario", "timeout", "until", "additional", "min", "max", "reset"]))]
+pub struct UpdateArgs {
+    /// Challenge id
+    pub id: String,
+    /// New OCI reference of the scenario, or a local scenario directory
+    /// (packed into the local data directory, without --url)
+    #[arg(long, value_name = "REF_OR_DIR")]
+    pub scenario: Option<String>,
+    /// New lifetime of an instance after its creation or renewal; running
+    /// instances get a new end, counted from their last renewal
+    #[arg(long, value_parser = parse_timeout, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+    /// New end of the challenge, in RFC 3339
+    #[arg(long, value_parser = parse_until, value_name = "RFC3339")]
+    pub until: Option<DateTime<Utc>>,
+    /// New values given to the scenario, as KEY=VALUE; repeat for more. They
+    /// replace every previous value
+    #[arg(long, value_parser = parse_key_value, value_name = "KEY=VALUE")]
+    pub additional: Vec<(String, String)>,
+    /// New number of instances to deploy in advance and keep ready
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
+    pub min: Option<i64>,
+    /// New total of instances above which none is deployed in advance; 0 means no limit
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
+    pub max: Option<i64>,
+    /// Field to clear: timeout (instances never time out), until (no end)
+    /// or additional (no values); repeat for more
+    #[arg(long, value_enum, value_name = "FIELD")]
+    pub reset: Vec<Resettable>,
+    /// Strategy by which running instances move to a new scenario or new
+    /// values
+    #[arg(long, value_enum, default_value_t = Strategy::UpdateInPlace)]
+    pub strategy: Strategy,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// A field that `--reset` clears.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resettable {
+    Timeout,
+    Until,
+    Additional,
+}
+
+/// Update strategies, as `--strategy` spells them.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// `up` again with the same identity and state
+    UpdateInPlace,
+    /// `up` under a new identity, then `down` of the old one
+    BlueGreen,
+    /// `down`, then `up` on a fresh state directory
+    Recreate,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct IdArgs {
     /// Challenge id
     pub id: String,
@@ -98,6 +161,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     match args.command {
         Command::Push(args) => push(args).await,
         Command::Create(args) => create(args).await,
+        Command::Update(args) => update(args).await,
         Command::Get(args) => get(args).await,
         Command::List(args) => list(args).await,
         Command::Delete(args) => delete(args).await,
@@ -173,6 +237,60 @@ async fn scenario_reference(backend: &Backend, scenario: &str) -> Result<String,
             Ok(pinned.reference)
         }
     }
+}
+
+async fn update(args: UpdateArgs) -> Result<(), Error> {
+    let backend = Backend::open(&args.client).await?;
+    let format = args.client.output.output;
+    let mut update = ChallengeUpdate {
+        id: args.id.clone(),
+        strategy: match args.strategy {
+            Strategy::UpdateInPlace => UpdateStrategy::UpdateInPlace,
+            Strategy::BlueGreen => UpdateStrategy::BlueGreen,
+            Strategy::Recreate => UpdateStrategy::Recreate,
+        },
+        ..ChallengeUpdate::default()
+    };
+    if let Some(scenario) = &args.scenario {
+        update.scenario = Some(scenario_reference(&backend, scenario).await?);
+    }
+    update.timeout = args.timeout;
+    update.until = args.until;
+    update.min = args.min.unwrap_or_default();
+    update.max = args.max.unwrap_or_default();
+    update.mask = update_mask(&args)?;
+    update.additional = collect_pairs(args.additional);
+
+    let spinner = Spinner::start(&format!("updating challenge {}", args.id));
+    let info = backend.update_challenge(update).await?;
+    drop(spinner);
+
+    output::print(&output::render_challenge(format, &info)?)
+}
+
+/// Names the fields that the options set or reset. A field both set and
+/// reset is a usage error; clap already requires at least one.
+fn update_mask(args: &UpdateArgs) -> Result<Vec<Field>, Error> {
+    let reset = |field| args.reset.contains(&field);
+    let options = [
+        (Field::Scenario, args.scenario.is_some(), false),
+        (Field::Timeout, args.timeout.is_some(), reset(Resettable::Timeout)),
+        (Field::Until, args.until.is_some(), reset(Resettable::Until)),
+        (Field::Additional, !args.additional.is_empty(), reset(Resettable::Additional)),
+        (Field::Min, args.min.is_some(), false),
+        (Field::Max, args.max.is_some(), false),
+    ];
+
+    let mut mask = Vec::new();
+    for (field, set, cleared) in options {
+        if set && cleared {
+            return Err(Error::Usage(format!("--{0} and --reset {0} contradict each other", field.path())));
+        }
+        if set || cleared {
+            mask.push(field);
+        }
+    }
+    Ok(mask)
 }
 
 async fn get(args: IdArgs) -> Result<(), Error> {

@@ -51,6 +51,10 @@ pub enum Error {
     )]
     MissingDirectory { dir: PathBuf },
 
+    /// Options that clap accepts but that contradict each other.
+    #[error("{0}")]
+    Usage(String),
+
     #[error("failed to listen for Ctrl-C")]
     Signal(#[source] std::io::Error),
 

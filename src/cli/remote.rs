@@ -12,7 +12,7 @@ use tonic::{
 use super::error::Error;
 use crate::{
     api::convert::{duration_from_proto, duration_to_proto, timestamp_from_proto, timestamp_to_proto},
-    challenge::{Challenge, ChallengeInfo, NewChallenge, POOLED_HEADER},
+    challenge::{Challenge, ChallengeInfo, ChallengeUpdate, NewChallenge, POOLED_HEADER, UpdateStrategy},
     instance::Instance,
     proto::{
         challenge::{self as pb_challenge, challenge_store_client::ChallengeStoreClient},
@@ -94,6 +94,29 @@ impl Remote {
         let challenges =
             stream.map(|message| self.challenge_from_proto(message.map_err(|status| self.status(status))?));
         Ok(challenges.boxed())
+    }
+
+    pub async fn update_challenge(&self, update: ChallengeUpdate) -> Result<ChallengeInfo, Error> {
+        let strategy = match update.strategy {
+            UpdateStrategy::UpdateInPlace => pb_challenge::UpdateStrategy::UpdateInPlace,
+            UpdateStrategy::BlueGreen => pb_challenge::UpdateStrategy::BlueGreen,
+            UpdateStrategy::Recreate => pb_challenge::UpdateStrategy::Recreate,
+        };
+        let request = pb_challenge::UpdateChallengeRequest {
+            id: update.id,
+            scenario: update.scenario,
+            update_strategy: Some(strategy.into()),
+            timeout: update.timeout.map(duration_to_proto),
+            until: update.until.map(timestamp_to_proto),
+            update_mask: Some(prost_types::FieldMask {
+                paths: update.mask.iter().map(|field| field.path().to_owned()).collect(),
+            }),
+            additional: update.additional.into_iter().collect(),
+            min: update.min,
+            max: update.max,
+        };
+        let response = self.challenges.clone().update_challenge(request).await.map_err(|status| self.status(status))?;
+        self.challenge_from_proto(response.into_inner())
     }
 
     pub async fn delete_challenge(&self, id: &str) -> Result<(), Error> {
