@@ -356,8 +356,11 @@ impl Manager {
 
         let expiry_changed = challenge.timeout != old.timeout || challenge.until != old.until;
         let instances = self.store.list_instances(&challenge.id).await?;
-        let instances = self.follow_challenge(&challenge, instances, update.strategy, expiry_changed).await?;
-        Ok(ChallengeInfo { challenge, instances, pooled: None })
+        let (claimed, ()) = futures::join!(
+            self.follow_challenge(&challenge, instances, update.strategy, expiry_changed),
+            self.follow_pool(&challenge, update.strategy),
+        );
+        Ok(ChallengeInfo { challenge, instances: claimed?, pooled: None })
     }
 
     /// Destroys every instance of a challenge in parallel, pooled ones

@@ -10,7 +10,8 @@
 //! Pools are filled and shrunk by *rounds*, in the background, never on a
 //! request's path. A round counts the claimed and pooled instances, applies
 //! [`delta`], deploys or destroys the difference, and replaces pooled
-//! instances that run an older scenario or older values. Rounds start after
+//! instances that still run an older scenario or older values (an update
+//! moves them first, see [`Manager::follow_pool`]). Rounds start after
 //! a challenge is created or updated, after each claim, on-demand
 //! deployment and instance deletion, when `serve` starts, just after a challenge's `until` (to drain
 //! its pool), and every [`TICK`]. At most one round per challenge runs at a
@@ -312,6 +313,32 @@ impl Manager {
             tokio::time::sleep(wait).await;
             manager.refill_pool(&id);
         });
+    }
+
+    /// Moves the ready pooled instances to the challenge's new scenario or
+    /// values with the update's strategy, as claimed instances move. Those
+    /// whose update fails stay on their previous version, and the next
+    /// round replaces them. The caller holds the challenge's lock in write
+    /// mode, so no claim or round runs meanwhile.
+    pub(crate) async fn follow_pool(&self, challenge: &Challenge, strategy: UpdateStrategy) {
+        let pooled = match self.pooled_records(challenge) {
+            Ok(pooled) => pooled,
+            Err(err) => {
+                warn!(challenge_id = %challenge.id, error = %err, "failed to read the pool to update it");
+                return;
+            }
+        };
+        if let Err(err) = self.follow_challenge(challenge, pooled, strategy, false).await {
+            warn!(challenge_id = %challenge.id, error = %err, "some pooled instances still run the previous version; the next round replaces them");
+        }
+    }
+
+    fn pooled_records(&self, challenge: &Challenge) -> Result<Vec<Instance>> {
+        let mut records = Vec::new();
+        for identity in self.store.pooled(&challenge.id)? {
+            records.extend(self.store.load_pooled(&challenge.id, &identity)?);
+        }
+        Ok(records)
     }
 
     /// Lists the identities of the ready pooled instances of a challenge,

@@ -135,7 +135,12 @@ impl Manager {
         let updated = with_outputs(instance, target, outputs, Some(identity));
         self.store.save_instance(&updated).await?;
         self.down(challenge, &old, &old.identity, &old.deployed).await?;
-        self.store.delete_state_dir(&challenge.id, &old.identity).await?;
+        if old.is_pooled() {
+            // A pooled record is named after its identity, which changed.
+            self.store.remove_pooled(&challenge.id, &old.identity).await?;
+        } else {
+            self.store.delete_state_dir(&challenge.id, &old.identity).await?;
+        }
         Ok(updated)
     }
 

@@ -436,3 +436,44 @@ async fn cli_update_resizes_the_pool() {
     assert_eq!(challenge["min"], "3");
     assert_eq!(challenge["timeout"], "600s", "a field not given changed");
 }
+
+/// Second version of [`RECORDER`]: its connection info starts with `v2-`.
+const RECORDER_V2: &[(&str, &str)] = &[
+    ("scenario.yaml", "runtime: exec\nup: sh up.sh\ndown: sh down.sh\n"),
+    (
+        "up.sh",
+        r#"echo "up $CM_IDENTITY $CM_ADDITIONAL" >> "$CM_TEST_LOG"
+printf '{"connection_info":"v2-%s"}\n' "$CM_IDENTITY"
+"#,
+    ),
+    ("down.sh", "echo \"down $CM_IDENTITY\" >> \"$CM_TEST_LOG\"\n"),
+];
+
+#[tokio::test]
+async fn pooled_instances_follow_updates() {
+    let env = Env::start().await;
+    let v2 = env.push("recorder-v2", RECORDER_V2).await;
+    for (id, strategy) in [("in-place", "update_in_place"), ("blue-green", "blue_green")] {
+        create_pooled_challenge(&env, id, 2, 0).await;
+        wait_pooled(&env, id, 2).await;
+        let before = alive(&env);
+
+        let body = json!({"updateMask": "scenario", "scenario": v2, "updateStrategy": strategy});
+        let (status, updated) = env.request(Method::PATCH, &format!("/api/v1/challenge/{id}"), Some(body)).await;
+        assert_eq!(status, 200, "{updated}");
+
+        // The update returns with the pool on the new version.
+        assert_eq!(pooled(&env, id).await, 2, "{strategy}");
+        let claimed = claim(&env, id, "1").await;
+        let connection = claimed["connectionInfo"].as_str().unwrap();
+        assert!(connection.starts_with("v2-"), "{strategy}: a claim got the old version: {claimed}");
+        let identity = connection.strip_prefix("v2-").unwrap();
+        match strategy {
+            "update_in_place" => assert!(before.contains(identity), "in place keeps the identity"),
+            _ => assert!(!before.contains(identity), "blue-green deploys a new identity"),
+        }
+    }
+    // Blue-green destroyed the old pooled deployments; in place kept them.
+    let downs = env.log_lines("down").len();
+    assert_eq!(downs, 2, "{:?}", env.log_lines("down"));
+}

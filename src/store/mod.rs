@@ -208,7 +208,11 @@ impl Store {
 
     /// Creates or replaces the record of an instance.
     pub async fn save_instance(&self, instance: &Instance) -> Result<()> {
-        let file = self.instance_file(&instance.challenge_id, &instance.source_id);
+        let file = if instance.is_pooled() {
+            self.pooled_file(&instance.challenge_id, &instance.identity)
+        } else {
+            self.instance_file(&instance.challenge_id, &instance.source_id)
+        };
         let record = instance.clone();
         blocking(move || write_json(&file, &record)).await
     }

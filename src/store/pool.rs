@@ -47,6 +47,11 @@ impl Store {
         self.pool_dir(challenge_id).join(format!("{identity}.{extension}"))
     }
 
+    /// Path of the record of a ready pooled instance.
+    pub(super) fn pooled_file(&self, challenge_id: &str, identity: &str) -> PathBuf {
+        self.pool_file(challenge_id, identity, READY)
+    }
+
     /// Lists the identities of the ready pooled instances, sorted. Runs
     /// inline, like [`Store::take_pooled`], because a claim waits for it.
     pub fn pooled(&self, challenge_id: &str) -> Result<Vec<String>> {
