@@ -58,8 +58,8 @@ pub struct Deployed {
 }
 
 impl Instance {
-    /// Whether the instance waits in its challenge's pool: deployed, but
-    /// given to no source yet.
+    /// Returns whether the instance waits in its challenge's pool: deployed,
+    /// but given to no source yet.
     pub fn is_pooled(&self) -> bool {
         self.source_id.is_empty()
     }

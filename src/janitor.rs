@@ -285,7 +285,7 @@ enum CallError<E> {
     Failed { error: E, failure: Failure },
 }
 
-/// What a sweep does with one listed instance, or with a listing error.
+/// Action of a sweep for one listed instance, or for a listing error.
 enum Step<E> {
     Delete(Instance),
     Keep,
@@ -318,7 +318,7 @@ pub struct Report {
     pub duration: Duration,
     /// Message of the first failed deletion, for a one-line report.
     pub first_failure: Option<String>,
-    /// Why the listing stopped before its end, if it did.
+    /// Reason the listing stopped before its end, if it did.
     pub listing_cut: Option<String>,
 }
 
@@ -695,6 +695,7 @@ mod tests {
 
         let cut = Report { listing_cut: Some("stream reset".into()), ..Report::default() };
         let message = cut.check().unwrap_err().to_string();
-        assert!(message.contains("broke off") && message.contains("stream reset"), "{message}");
+        assert!(message.contains("broke off"), "{message}");
+        assert!(message.contains("stream reset"), "{message}");
     }
 }
