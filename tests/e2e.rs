@@ -331,7 +331,7 @@ async fn pulumi_scenario_is_rejected_at_creation() {
     assert_eq!(status, 404);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instance_lifecycle_over_grpc() {
     let env = Env::start().await;
     let scenario = env.push("recorder", RECORDER).await;
