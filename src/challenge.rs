@@ -324,7 +324,7 @@ impl Manager {
             return Err(Error::invalid("scenario", "must not be empty"));
         }
 
-        let _lock = self.locks.challenge(&update.id, Mode::Write).await?;
+        let _lock = self.locks.challenge_and_pool(&update.id).await?;
         let old = self.load_challenge(&update.id).await?;
         let mut challenge = old.clone();
         challenge.min = if masked(Field::Min) { update.min } else { old.min };
@@ -369,7 +369,7 @@ impl Manager {
     /// nothing is left running unseen.
     #[tracing::instrument(skip_all, fields(challenge_id = %id))]
     pub async fn delete_challenge(&self, id: &str) -> Result<()> {
-        let _lock = self.locks.challenge(id, Mode::Write).await?;
+        let _lock = self.locks.challenge_and_pool(id).await?;
         let challenge = self.load_challenge(id).await?;
         let instances = self.store.list_instances(id).await?;
 

@@ -57,6 +57,14 @@ pub struct Deployed {
     pub additional: BTreeMap<String, String>,
 }
 
+impl Deployed {
+    /// Returns whether both run the same scenario content with the same
+    /// values. The reference may differ: a new tag can name the same digest.
+    pub fn same_version(&self, other: &Self) -> bool {
+        self.digest == other.digest && self.additional == other.additional
+    }
+}
+
 impl Instance {
     /// Returns whether the instance waits in its challenge's pool: deployed,
     /// but given to no source yet.
@@ -217,7 +225,7 @@ impl Manager {
         for id in self.challenge_ids().await? {
             // The write lock waits for every deployment in progress in this
             // challenge, so the files left are those of stopped processes.
-            let _lock = self.locks.challenge(&id, Mode::Write).await?;
+            let _lock = self.locks.challenge_and_pool(&id).await?;
             let challenge = self.load_challenge(&id).await?;
             for intent in self.store.settle_files(&id).await? {
                 match self.finish_interrupted(&challenge, &intent).await {
@@ -232,7 +240,10 @@ impl Manager {
             }
             // After the records are settled: a claim whose record was still
             // under a temporary name must count as done, not be destroyed.
-            settled += self.recover_pool(&challenge).await?;
+            match self.recover_pool(&challenge).await {
+                Ok(count) => settled += count,
+                Err(err) => warn!(challenge_id = %id, error = %err, "failed to settle an interrupted pool"),
+            }
         }
         Ok(settled)
     }

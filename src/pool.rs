@@ -18,9 +18,10 @@
 //! time in a process. A trigger that arrives during a round makes it run
 //! again, so racing triggers never overshoot.
 //!
-//! A round holds the challenge's read lock while it deploys: an update or a
-//! deletion of the challenge waits for the deployments in flight, as in the
-//! Go chall-manager, and then sees every pooled instance.
+//! A round holds the pool's lock (see [`crate::lock`]) in read mode while it
+//! deploys. An update or a deletion of the challenge takes it in write mode,
+//! so it waits for the deployments in flight and then sees every pooled
+//! instance, while claims and reads of the challenge go on meanwhile.
 //!
 //! NOTE: several `serve` processes sharing one data directory each run
 //! their own rounds, and may together deploy more than `min`.
@@ -193,7 +194,7 @@ impl Manager {
             let round = rounds.entry(challenge_id.to_owned()).or_default();
             if now {
                 round.failures = 0;
-                round.wake.notify_one();
+                round.wake.notify_waiters();
             }
             if round.running {
                 round.again = true;
@@ -227,14 +228,16 @@ impl Manager {
                 let mut rounds = self.pooler.rounds();
                 let round = rounds.entry(challenge_id.clone()).or_default();
                 round.failures = if report.failed > 0 { round.failures + 1 } else { 0 };
-                if std::mem::take(&mut round.again) && !report.challenge_deleted {
-                    continue;
-                }
                 if report.challenge_deleted {
                     rounds.remove(&challenge_id);
                     return;
                 }
+                // After failures, the backoff holds whatever triggered the
+                // pool meanwhile, or a storm of claims would retry at once.
                 if round.failures == 0 {
+                    if round.again {
+                        continue;
+                    }
                     round.running = false;
                     return;
                 }
@@ -250,14 +253,14 @@ impl Manager {
 
     /// Brings one challenge's pool to its target.
     async fn pool_round(&self, challenge_id: &str) -> Result<RoundReport> {
-        let _lock = self.locks.challenge(challenge_id, Mode::Read).await?;
+        let _lock = self.locks.pool(challenge_id, Mode::Read).await?;
         let Some(challenge) = self.store.load_challenge(challenge_id).await? else {
             return Ok(RoundReport { challenge_deleted: true, ..RoundReport::default() });
         };
 
         let version = pooled_version(&challenge);
         let verified = self.pooler.rounds().get(challenge_id).and_then(|round| round.verified.clone());
-        let (current, stale) = if verified.as_ref() == Some(&version) {
+        let (current, stale) = if verified.is_some_and(|verified| verified.same_version(&version)) {
             (self.store.pooled(challenge_id)?, Vec::new())
         } else {
             self.pooled_by_version(&challenge).await?
@@ -276,8 +279,8 @@ impl Manager {
             delta(challenge.min, challenge.max, claimed, current.len())
         };
 
-        // The newest pooled instances go first, so the oldest, claimed
-        // first, stay.
+        // Claims take pooled instances in name order, so the surplus is
+        // taken from the other end.
         let surplus = current.iter().rev().take(change.destroy);
         let doomed: Vec<&String> = stale.iter().chain(surplus).collect();
         let destroyed = join_all(doomed.iter().map(|identity| self.destroy_pooled(&challenge, identity))).await;
@@ -321,6 +324,10 @@ impl Manager {
     /// round replaces them. The caller holds the challenge's lock in write
     /// mode, so no claim or round runs meanwhile.
     pub(crate) async fn follow_pool(&self, challenge: &Challenge, strategy: UpdateStrategy) {
+        // A pool that is going away is destroyed by the next round as is.
+        if challenge.min == 0 || challenge.is_expired(Utc::now()) {
+            return;
+        }
         let pooled = match self.pooled_records(challenge) {
             Ok(pooled) => pooled,
             Err(err) => {
@@ -349,7 +356,7 @@ impl Manager {
         let mut stale = Vec::new();
         for identity in self.store.pooled(&challenge.id)? {
             let Some(instance) = self.store.load_pooled(&challenge.id, &identity)? else { continue };
-            if instance.deployed == target {
+            if instance.deployed.same_version(&target) {
                 current.push(identity);
             } else {
                 stale.push(identity);
@@ -388,7 +395,10 @@ impl Manager {
             Err(source) => {
                 // When `down` fails too, the intent stays and the next start
                 // of `serve` destroys the deployment.
-                runner.down(&deployment).await.map_err(pool_error)?;
+                if let Err(cleanup) = runner.down(&deployment).await {
+                    warn!(challenge_id = %challenge.id, identity = %instance.identity, error = %source, "pooled deployment failed");
+                    return Err(pool_error(cleanup));
+                }
                 self.store.remove_pooled(&challenge.id, &instance.identity).await?;
                 return Err(pool_error(source));
             }
@@ -420,6 +430,7 @@ impl Manager {
     ) -> Result<Option<Instance>> {
         for identity in self.store.pooled(&challenge.id)? {
             let Some(pooled) = self.store.take_pooled(&challenge.id, &identity)? else { continue };
+            let taken = pooled.clone();
             let claimed = Instance {
                 source_id: source_id.to_owned(),
                 since: now,
@@ -428,7 +439,18 @@ impl Manager {
                 additional: additional.clone(),
                 ..pooled
             };
-            let claimed = self.bring_up_to_date(challenge, claimed).await?;
+            let claimed = match self.bring_up_to_date(challenge, claimed).await {
+                Ok(claimed) => claimed,
+                Err(err) => {
+                    // Destroyed as the pooled instance it still is, so that
+                    // its pool files go too.
+                    if let Err(cleanup) = self.destroy_instance(challenge, &taken).await {
+                        warn!(identity = %taken.identity, error = %cleanup, "failed to destroy a pooled instance whose update failed");
+                    }
+                    self.refill_pool(&challenge.id);
+                    return Err(err);
+                }
+            };
             self.store.commit_claim(&claimed).await?;
             info!(identity = %claimed.identity, "claimed a pooled instance");
             self.refill_pool(&challenge.id);
@@ -438,7 +460,7 @@ impl Manager {
     }
 
     /// Updates a just-claimed instance in place when its deployment differs
-    /// from what the source asked for. On failure the instance is destroyed,
+    /// from what the source asked for. On failure the caller destroys it,
     /// so that a failed create leaves nothing behind, like a failed `up`.
     async fn bring_up_to_date(&self, challenge: &Challenge, claimed: Instance) -> Result<Instance> {
         let target = Deployed {
@@ -446,20 +468,10 @@ impl Manager {
             digest: challenge.digest.clone(),
             additional: merge_additional(&challenge.additional, &claimed.additional),
         };
-        if claimed.deployed == target {
+        if claimed.deployed.same_version(&target) {
             return Ok(claimed);
         }
-
-        let previous = claimed.clone();
-        match self.redeploy(challenge, claimed, target, UpdateStrategy::UpdateInPlace).await {
-            Ok(updated) => Ok(updated),
-            Err(err) => {
-                if let Err(cleanup) = self.destroy_instance(challenge, &previous).await {
-                    warn!(identity = %previous.identity, error = %cleanup, "failed to destroy a pooled instance whose update failed");
-                }
-                Err(err)
-            }
-        }
+        self.redeploy(challenge, claimed, target, UpdateStrategy::UpdateInPlace).await
     }
 
     /// Destroys every pooled instance of a challenge, including those a

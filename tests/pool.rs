@@ -304,13 +304,14 @@ async fn challenge_get_shows_pool_counts() {
     }
 }
 
-/// [`RECORDER`], whose `up` fails while `$CM_TEST_LOG.fail` exists, unless
-/// its additional values contain `ok`.
+/// [`RECORDER`], whose `up` fails after 0.3 s while `$CM_TEST_LOG.fail`
+/// exists, unless its additional values contain `ok`.
 const FLAKY: &[(&str, &str)] = &[
     ("scenario.yaml", "runtime: exec\nup: sh up.sh\ndown: sh down.sh\n"),
     (
         "up.sh",
         r#"if [ -e "$CM_TEST_LOG.fail" ] && ! echo "$CM_ADDITIONAL" | grep -q ok; then
+  sleep 0.3
   echo "the cluster is full" >&2
   exit 1
 fi
@@ -476,4 +477,123 @@ async fn pooled_instances_follow_updates() {
     // Blue-green destroyed the old pooled deployments; in place kept them.
     let downs = env.log_lines("down").len();
     assert_eq!(downs, 2, "{:?}", env.log_lines("down"));
+}
+
+/// [`RECORDER`], whose `up` sleeps 3 s while `$CM_TEST_LOG.slow` exists and
+/// fails when its additional values contain `bad`.
+const MOODY: &[(&str, &str)] = &[
+    ("scenario.yaml", "runtime: exec\nup: sh up.sh\ndown: sh down.sh\n"),
+    (
+        "up.sh",
+        r#"if echo "$CM_ADDITIONAL" | grep -q bad; then echo "bad values" >&2; exit 1; fi
+if [ -e "$CM_TEST_LOG.slow" ]; then sleep 3; fi
+echo "up $CM_IDENTITY $CM_ADDITIONAL" >> "$CM_TEST_LOG"
+printf '{"connection_info":"conn-%s"}\n' "$CM_IDENTITY"
+"#,
+    ),
+    ("down.sh", "echo \"down $CM_IDENTITY\" >> \"$CM_TEST_LOG\"\n"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_update_does_not_hold_claims() {
+    let env = Env::start().await;
+    let scenario = env.push("moody", MOODY).await;
+    let body = json!({"id": "busy", "scenario": scenario, "min": 1});
+    assert_eq!(env.post("/api/v1/challenge", body).await.0, 200);
+    wait_pooled(&env, "busy", 1).await;
+
+    // A round starts two slow deployments, and an update waits for them.
+    let slow = format!("{}.slow", env.log.path().display());
+    std::fs::write(&slow, "").unwrap();
+    let body = json!({"updateMask": "min", "min": 3});
+    assert_eq!(env.request(Method::PATCH, "/api/v1/challenge/busy", Some(body)).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let update = tokio::spawn({
+        let (http, url) = (env.http.clone(), env.server.url("/api/v1/challenge/busy"));
+        async move { http.patch(url).json(&json!({"updateMask": "timeout", "timeout": "60s"})).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Claims and reads of the challenge go on meanwhile.
+    let started = Instant::now();
+    claim(&env, "busy", "1").await;
+    assert!(started.elapsed() < Duration::from_secs(1), "a claim waited {:?}", started.elapsed());
+    let started = Instant::now();
+    assert_eq!(env.get("/api/v1/challenge/busy").await.0, 200);
+    assert!(started.elapsed() < Duration::from_secs(1), "a read waited {:?}", started.elapsed());
+
+    let update = update.await.unwrap().unwrap();
+    assert_eq!(update.status().as_u16(), 200);
+    std::fs::remove_file(&slow).unwrap();
+}
+
+#[tokio::test]
+async fn failed_claim_update_leaves_nothing() {
+    let env = Env::start().await;
+    let scenario = env.push("moody", MOODY).await;
+    let body = json!({"id": "picky", "scenario": scenario, "min": 1});
+    assert_eq!(env.post("/api/v1/challenge", body).await.0, 200);
+    wait_pooled(&env, "picky", 1).await;
+    let pooled_identity = ups(&env)[0].clone();
+
+    let body = json!({"challengeId": "picky", "sourceId": "1", "additional": {"v": "bad"}});
+    let (status, error) = env.post("/api/v1/instance", body).await;
+    assert_ne!(status, 200, "{error}");
+
+    // The taken instance is destroyed, and a new one refills the pool.
+    assert!(!alive(&env).contains(&pooled_identity), "the claimed pooled instance was not destroyed");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pooled(&env, "picky").await != 1 {
+        assert!(Instant::now() < deadline, "the pool was not refilled after the failed claim");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = env.delete("/api/v1/challenge/picky").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        env.log_lines(&format!("down {pooled_identity}")).len(),
+        1,
+        "the failed claim's instance was destroyed again"
+    );
+}
+
+#[tokio::test]
+async fn backoff_holds_under_claims() {
+    let env = Env::start().await;
+    let fail = format!("{}.fail", env.log.path().display());
+    std::fs::write(&fail, "").unwrap();
+    let scenario = env.push("flaky", FLAKY).await;
+    let body = json!({"id": "storm", "scenario": scenario, "min": 1});
+    assert_eq!(env.post("/api/v1/challenge", body).await.0, 200);
+
+    // On-demand claims keep triggering rounds for 3 s.
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut source = 0;
+    while Instant::now() < until {
+        source += 1;
+        let body = json!({"challengeId": "storm", "sourceId": source.to_string(), "additional": {"ok": "1"}});
+        assert_eq!(env.post("/api/v1/instance", body).await.0, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Backoff of 1 s then 2 s: 3 rounds at most in 3 s, however many
+    // claims triggered them.
+    let failures = env.server.log().iter().filter(|line| line.contains("failed to deploy a pooled instance")).count();
+    assert!(failures <= 4, "{failures} failed pooled deployments in 3 s under {source} claims");
+}
+
+#[tokio::test]
+async fn new_tag_of_the_same_content_keeps_the_pool() {
+    let env = Env::start().await;
+    let alias = env.push("recorder-alias", RECORDER).await;
+    create_pooled_challenge(&env, "alias", 2, 0).await;
+    wait_pooled(&env, "alias", 2).await;
+    let before = alive(&env);
+
+    let body = json!({"updateMask": "scenario", "scenario": alias});
+    let (status, updated) = env.request(Method::PATCH, "/api/v1/challenge/alias", Some(body)).await;
+    assert_eq!(status, 200, "{updated}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    assert_eq!(alive(&env), before, "the pool was redeployed for the same content");
+    assert!(env.log_lines("down").is_empty());
 }

@@ -7,6 +7,14 @@
 //! its lock in write mode, so it waits for every instance operation of that
 //! challenge, which hold it in read mode.
 //!
+//! A challenge's pool has a lock of its own, taken between the world and the
+//! challenge locks. Pool rounds hold it in read mode while they deploy,
+//! which can take minutes, without the challenge lock; updates and
+//! deletions of the challenge take it in write mode before the challenge
+//! lock. So a pending update waits for the deployments in flight without
+//! queueing ahead of the claims and reads of the challenge, which only take
+//! the challenge lock.
+//!
 //! The guards returned here release their lock when dropped: on success, on
 //! every error path and when the request future is cancelled. The backend is
 //! a trait so that replicas sharing a data directory can use a distributed
@@ -44,12 +52,17 @@ pub enum Mode {
 pub enum LockKey {
     World,
     Challenge { challenge: String },
+    Pool { challenge: String },
     Instance { challenge: String, source: String },
 }
 
 impl LockKey {
     pub fn challenge(challenge_id: &str) -> Self {
         Self::Challenge { challenge: store::key(challenge_id) }
+    }
+
+    pub fn pool(challenge_id: &str) -> Self {
+        Self::Pool { challenge: store::key(challenge_id) }
     }
 
     pub fn instance(challenge_id: &str, source_id: &str) -> Self {
@@ -61,6 +74,7 @@ impl LockKey {
         match self {
             Self::World => "world".to_owned(),
             Self::Challenge { challenge } => format!("challenge-{challenge}"),
+            Self::Pool { challenge } => format!("pool-{challenge}"),
             Self::Instance { challenge, source } => format!("instance-{challenge}-{source}"),
         }
     }
@@ -85,10 +99,18 @@ pub trait LockBackend: Send + Sync + 'static {
     async fn acquire(&self, key: &LockKey, mode: Mode) -> Result<Guard, Error>;
 }
 
-/// Proof that a challenge lock is held.
+/// Proof that a challenge lock is held, and its pool lock for a writer.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ChallengeGuard {
+    // Fields drop in declaration order: the challenge before its pool.
     _challenge: Guard,
+    _pool: Option<Guard>,
+}
+
+/// Proof that a pool lock is held.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct PoolGuard {
+    _pool: Guard,
 }
 
 /// Proof that an instance lock is held, together with a read lock on its
@@ -116,7 +138,25 @@ impl Locks {
         let world = self.backend.acquire(&LockKey::World, Mode::Read).await?;
         let challenge = self.backend.acquire(&LockKey::challenge(challenge_id), mode).await?;
         drop(world);
-        Ok(ChallengeGuard { _challenge: challenge })
+        Ok(ChallengeGuard { _challenge: challenge, _pool: None })
+    }
+
+    /// Locks a challenge and its pool in write mode, for an operation that
+    /// changes or removes pooled instances.
+    pub async fn challenge_and_pool(&self, challenge_id: &str) -> Result<ChallengeGuard, Error> {
+        let world = self.backend.acquire(&LockKey::World, Mode::Read).await?;
+        let pool = self.backend.acquire(&LockKey::pool(challenge_id), Mode::Write).await?;
+        let challenge = self.backend.acquire(&LockKey::challenge(challenge_id), Mode::Write).await?;
+        drop(world);
+        Ok(ChallengeGuard { _challenge: challenge, _pool: Some(pool) })
+    }
+
+    /// Locks a challenge's pool in `mode`, without the challenge.
+    pub async fn pool(&self, challenge_id: &str, mode: Mode) -> Result<PoolGuard, Error> {
+        let world = self.backend.acquire(&LockKey::World, Mode::Read).await?;
+        let pool = self.backend.acquire(&LockKey::pool(challenge_id), mode).await?;
+        drop(world);
+        Ok(PoolGuard { _pool: pool })
     }
 
     /// Locks the instance of a source in `mode`, holding its challenge in

@@ -134,9 +134,9 @@ impl Store {
     /// caller holds the challenge's lock in write mode.
     pub async fn pool_leftovers(&self, challenge_id: &str) -> Result<PoolLeftovers> {
         let pool = self.pool_dir(challenge_id);
-        let claimed: HashSet<String> =
-            self.list_instances(challenge_id).await?.into_iter().map(|instance| instance.identity).collect();
+        let records = self.instances_dir(challenge_id);
         blocking(move || {
+            let claimed = claimed_identities(&records)?;
             let mut leftovers = PoolLeftovers::default();
             for extension in [READY, INTENT, TAKEN] {
                 for identity in names_with_extension(&pool, extension)? {
@@ -161,6 +161,24 @@ impl Store {
         })
         .await
     }
+}
+
+/// Reads the identities of the claimed instances recorded in `dir`. A
+/// record that cannot be parsed is skipped with a warning: recovery of the
+/// pool must not stop at one torn record.
+fn claimed_identities(dir: &Path) -> Result<HashSet<String>> {
+    let mut identities = HashSet::new();
+    for name in names_with_extension(dir, "json")? {
+        let path = dir.join(format!("{name}.json"));
+        match read_json::<Instance>(&path) {
+            Ok(Some(instance)) => {
+                identities.insert(instance.identity);
+            }
+            Ok(None) => {}
+            Err(err) => tracing::warn!(path = %path.display(), error = %err, "skipping an unreadable instance record"),
+        }
+    }
+    Ok(identities)
 }
 
 /// Lists the stems of the files of `dir` with `extension`, sorted. A
