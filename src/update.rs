@@ -117,6 +117,9 @@ impl Manager {
     }
 
     async fn blue_green(&self, challenge: &Challenge, instance: Instance, target: Deployed) -> Result<Instance> {
+        // NOTE: nothing durable names the new identity before its `up`, so a
+        // crash before the record below is saved leaves that deployment
+        // unrecorded.
         let identity = new_identity();
         self.store.reset_state_dir(&challenge.id, &identity).await?;
         let outputs = match self.up(challenge, &instance, &identity, &target).await {
@@ -134,6 +137,9 @@ impl Manager {
         let old = instance.clone();
         let updated = with_outputs(instance, target, outputs, Some(identity));
         self.store.save_instance(&updated).await?;
+        // NOTE: when this `down` fails, no record of a claimed instance
+        // names the old identity any more, so its deployment is left behind.
+        // A pooled one keeps its old record, which the next round replaces.
         self.down(challenge, &old, &old.identity, &old.deployed).await?;
         if old.is_pooled() {
             // A pooled record is named after its identity, which changed.
