@@ -8,19 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::env::{Env, RECORDER};
-
-/// Second version of [`RECORDER`]: its outputs contain `v2`.
-const RECORDER_V2: &[(&str, &str)] = &[
-    ("scenario.yaml", "runtime: exec\nup: sh up.sh\ndown: sh down.sh\n"),
-    (
-        "up.sh",
-        r#"echo "up $CM_IDENTITY $CM_ADDITIONAL" >> "$CM_TEST_LOG"
-printf '{"connection_info":"v2-%s","flags":["FLAG{v2}"]}\n' "$CM_IDENTITY"
-"#,
-    ),
-    ("down.sh", "echo \"down $CM_IDENTITY\" >> \"$CM_TEST_LOG\"\n"),
-];
+use support::env::{Env, RECORDER, RECORDER_V2};
 
 fn at(value: &Value) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(value.as_str().unwrap_or_else(|| panic!("not a timestamp: {value}"))).unwrap().into()

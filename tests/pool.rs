@@ -11,7 +11,7 @@ use std::{
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::{
-    env::{Env, RECORDER},
+    env::{Env, RECORDER, RECORDER_V2},
     registry::Registry,
     server::Server,
 };
@@ -437,18 +437,6 @@ async fn cli_update_resizes_the_pool() {
     assert_eq!(challenge["min"], "3");
     assert_eq!(challenge["timeout"], "600s", "a field not given changed");
 }
-
-/// Second version of [`RECORDER`]: its connection info starts with `v2-`.
-const RECORDER_V2: &[(&str, &str)] = &[
-    ("scenario.yaml", "runtime: exec\nup: sh up.sh\ndown: sh down.sh\n"),
-    (
-        "up.sh",
-        r#"echo "up $CM_IDENTITY $CM_ADDITIONAL" >> "$CM_TEST_LOG"
-printf '{"connection_info":"v2-%s"}\n' "$CM_IDENTITY"
-"#,
-    ),
-    ("down.sh", "echo \"down $CM_IDENTITY\" >> \"$CM_TEST_LOG\"\n"),
-];
 
 #[tokio::test]
 async fn pooled_instances_follow_updates() {

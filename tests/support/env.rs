@@ -23,6 +23,20 @@ printf '{"connection_info":"conn-%s","flags":["FLAG{%s}"]}\n' "$CM_IDENTITY" "$C
     ("down.sh", "echo \"down $CM_IDENTITY\" >> \"$CM_TEST_LOG\"\n"),
 ];
 
+/// Second version of [`RECORDER`]: its connection info is `v2-<identity>`
+/// and its flag `FLAG{v2}`.
+#[allow(dead_code, reason = "only some test files update scenarios")]
+pub const RECORDER_V2: &[(&str, &str)] = &[
+    ("scenario.yaml", "runtime: exec\nup: sh up.sh\ndown: sh down.sh\n"),
+    (
+        "up.sh",
+        r#"echo "up $CM_IDENTITY $CM_ADDITIONAL" >> "$CM_TEST_LOG"
+printf '{"connection_info":"v2-%s","flags":["FLAG{v2}"]}\n' "$CM_IDENTITY"
+"#,
+    ),
+    ("down.sh", "echo \"down $CM_IDENTITY\" >> \"$CM_TEST_LOG\"\n"),
+];
+
 /// Scenario whose `up` starts a background process, then fails.
 pub const FAILING: &[(&str, &str)] = &[
     ("scenario.yaml", "runtime: exec\nup: sh up.sh\ndown: sh down.sh\n"),
