@@ -38,6 +38,12 @@ fn scenario(dir: &Path) {
     std::fs::write(dir.join("scenario.yaml"), format!("runtime: exec\nup: {UP:?}\ndown: \"true\"\n")).unwrap();
 }
 
+fn open_manager(data_dir: &Path) -> Manager {
+    let settings =
+        Settings { cache_dir: data_dir.join("cache"), data_dir: data_dir.to_owned(), oci: OciSettings::default() };
+    Manager::open(settings).unwrap()
+}
+
 fn median(samples: &mut [Duration]) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
@@ -56,12 +62,7 @@ async fn wait_for<F: Future<Output = usize>>(count: usize, mut pooled: impl FnMu
 /// durable writes into the directory of the instance records.
 async fn server_side(work: &Path) {
     let data_dir = work.join("server-side");
-    let manager = Manager::open(Settings {
-        cache_dir: data_dir.join("cache"),
-        data_dir: data_dir.clone(),
-        oci: OciSettings::default(),
-    })
-    .unwrap();
+    let manager = open_manager(&data_dir);
     scenario(&work.join("scenario"));
     let reference = manager.scenarios().pack(&work.join("scenario")).await.unwrap().reference;
     manager.start_pooler();
@@ -101,12 +102,7 @@ async fn server_side(work: &Path) {
 /// Claims over REST from a real server, one after the other.
 async fn end_to_end(work: &Path) {
     let data_dir = work.join("end-to-end");
-    let manager = Manager::open(Settings {
-        cache_dir: data_dir.join("cache"),
-        data_dir: data_dir.clone(),
-        oci: OciSettings::default(),
-    })
-    .unwrap();
+    let manager = open_manager(&data_dir);
     let reference = manager.scenarios().pack(&work.join("scenario")).await.unwrap().reference;
     drop(manager);
 

@@ -20,8 +20,8 @@
 //!
 //! A round holds the pool's lock (see [`crate::lock`]) in read mode while it
 //! deploys. An update or a deletion of the challenge takes it in write mode,
-//! so it waits for the deployments in flight and then sees every pooled
-//! instance, while claims and reads of the challenge go on meanwhile.
+//! so it waits for the deployments in flight and then finds every pooled
+//! instance on disk. Claims and reads of the challenge go on meanwhile.
 //!
 //! NOTE: several `serve` processes sharing one data directory each run
 //! their own rounds, and may together deploy more than `min`.
@@ -179,8 +179,8 @@ impl Manager {
         self.trigger_round(challenge_id, false);
     }
 
-    /// Like [`Manager::refill_pool`], but without waiting for a backoff:
-    /// for a new or changed challenge, whose settings may fix what failed.
+    /// Starts a round like [`Manager::refill_pool`], but without waiting for
+    /// a backoff, because a new or changed challenge may fix what failed.
     pub(crate) fn refill_pool_now(&self, challenge_id: &str) {
         self.trigger_round(challenge_id, true);
     }
@@ -232,8 +232,8 @@ impl Manager {
                     rounds.remove(&challenge_id);
                     return;
                 }
-                // After failures, the backoff holds whatever triggered the
-                // pool meanwhile, or a storm of claims would retry at once.
+                // After failures, triggers that came during the round wait
+                // for the backoff too, or a storm of claims would retry at once.
                 if round.failures == 0 {
                     if round.again {
                         continue;
@@ -535,8 +535,8 @@ fn pooled_version(challenge: &Challenge) -> Deployed {
     }
 }
 
-/// Wait before the round after `failures` consecutive failed rounds: one
-/// second, doubling up to [`MAX_RETRY_DELAY`].
+/// Returns the wait before the round after `failures` consecutive failed
+/// rounds: one second, doubling up to [`MAX_RETRY_DELAY`].
 fn retry_delay(failures: u32) -> Duration {
     let factor = 1u32 << failures.saturating_sub(1).min(6);
     (Duration::from_secs(1) * factor).min(MAX_RETRY_DELAY)

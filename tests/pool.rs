@@ -12,21 +12,50 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use support::{
     env::{Env, RECORDER, RECORDER_V2},
-    registry::Registry,
     server::Server,
 };
 
-/// Waits until the challenge reports `expected` ready pooled instances.
-async fn wait_pooled(env: &Env, challenge_id: &str, expected: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let pooled = pooled(env, challenge_id).await;
-        if pooled == expected {
-            return;
-        }
-        assert!(Instant::now() < deadline, "pool of {challenge_id} stayed at {pooled}, expected {expected}");
+/// Polls `done` every 50 ms until it returns true, and fails with the
+/// message of `failure` after `timeout`.
+async fn wait_until<F: Future<Output = bool>>(
+    timeout: Duration,
+    failure: impl Fn() -> String,
+    mut done: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + timeout;
+    while !done().await {
+        assert!(Instant::now() < deadline, "{}", failure());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits until the challenge reports `expected` ready pooled instances.
+async fn wait_pooled(env: &Env, challenge_id: &str, expected: usize) {
+    let failure = || format!("the pool of {challenge_id} did not reach {expected}");
+    wait_until(Duration::from_secs(30), failure, || async { pooled(env, challenge_id).await == expected }).await;
+}
+
+/// Waits until `expected` deployments are alive.
+async fn wait_alive(env: &Env, expected: usize) {
+    let failure = || format!("{} deployments alive, expected {expected}: {:?}", alive(env).len(), alive(env));
+    wait_until(Duration::from_secs(10), failure, || async { alive(env).len() == expected }).await;
+}
+
+/// Waits until a line of the server's log contains `text`.
+async fn wait_logged(env: &Env, text: &str, timeout: Duration) {
+    let failure = || format!("no log line with {text:?}: {:?}", env.server.log());
+    wait_until(timeout, failure, || async { env.server.log().iter().any(|line| line.contains(text)) }).await;
+}
+
+/// Creates a challenge `id` with `min = 1` from [`FLAKY`], whose pooled
+/// deployments fail until the returned file is removed.
+async fn failing_pool(env: &Env, id: &str) -> String {
+    let fail = format!("{}.fail", env.log.path().display());
+    std::fs::write(&fail, "").unwrap();
+    let scenario = env.push("flaky", FLAKY).await;
+    let body = json!({"id": id, "scenario": scenario, "min": 1});
+    assert_eq!(env.post("/api/v1/challenge", body).await.0, 200);
+    fail
 }
 
 /// Reads the pooled count from the RetrieveChallenge response header.
@@ -165,11 +194,7 @@ async fn parallel_claims_get_distinct_instances() {
     let (_, challenge) = env.get("/api/v1/challenge/rush").await;
     let listed = challenge["instances"].as_array().unwrap().len();
     assert_eq!(listed, sources.len());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(&env).len() != listed + 3 {
-        assert!(Instant::now() < deadline, "{} deployments for {listed} claimed and 3 pooled", alive(&env).len());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_alive(&env, listed + 3).await;
 }
 
 #[tokio::test]
@@ -185,11 +210,7 @@ async fn updates_resize_the_pool_by_the_delta_rule() {
         let (status, updated) = env.request(Method::PATCH, "/api/v1/challenge/size", Some(body)).await;
         assert_eq!(status, 200, "{updated}");
         wait_pooled(&env, "size", expected).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while alive(&env).len() != 1 + expected {
-            assert!(Instant::now() < deadline, "min {min} max {max}: {} deployments", alive(&env).len());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_alive(&env, 1 + expected).await;
     }
 
     // The claimed instance never moved.
@@ -246,20 +267,12 @@ async fn deleting_the_challenge_destroys_the_pool() {
 
 #[tokio::test]
 async fn restart_during_a_fill_ends_at_the_target() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let registry = Registry::start();
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let log_path = log.path().to_str().unwrap().to_owned();
-    let server = Server::start(&[("CM_TEST_LOG", &log_path), ("CM_TEST_SLEEP", "30")]);
-    let env = Env { registry, server, http: reqwest::Client::new(), log };
+    let env = Env::start_with(&[("CM_TEST_SLEEP", "30")]).await;
     create_pooled_challenge(&env, "slow", 2, 0).await;
 
     // Both pooled deployments are in `up` when the server dies.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ups(&env).len() < 2 {
-        assert!(Instant::now() < deadline, "the pool never started filling");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let failure = || "the pool never started filling".to_owned();
+    wait_until(Duration::from_secs(10), failure, || async { ups(&env).len() >= 2 }).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let interrupted = alive(&env);
     let Env { registry, server, http, log } = env;
@@ -267,7 +280,7 @@ async fn restart_during_a_fill_ends_at_the_target() {
 
     // The restarted server destroys the interrupted deployments and fills
     // the pool again.
-    let server = Server::start_in(data, &[("CM_TEST_LOG", &log_path)]);
+    let server = Server::start_in(data, &[("CM_TEST_LOG", log.path().to_str().unwrap())]);
     let env = Env { registry, server, http, log };
     wait_pooled(&env, "slow", 2).await;
     let now = alive(&env);
@@ -304,7 +317,7 @@ async fn challenge_get_shows_pool_counts() {
     }
 }
 
-/// [`RECORDER`], whose `up` fails after 0.3 s while `$CM_TEST_LOG.fail`
+/// Variant of [`RECORDER`] whose `up` fails after 0.3 s while `$CM_TEST_LOG.fail`
 /// exists, unless its additional values contain `ok`.
 const FLAKY: &[(&str, &str)] = &[
     ("scenario.yaml", "runtime: exec\nup: sh up.sh\ndown: sh down.sh\n"),
@@ -325,17 +338,9 @@ printf '{"connection_info":"conn-%s"}\n' "$CM_IDENTITY"
 #[tokio::test]
 async fn failed_fills_are_logged_and_retried() {
     let env = Env::start().await;
-    let fail = format!("{}.fail", env.log.path().display());
-    std::fs::write(&fail, "").unwrap();
-    let scenario = env.push("flaky", FLAKY).await;
-    let body = json!({"id": "flaky", "scenario": scenario, "min": 1});
-    assert_eq!(env.post("/api/v1/challenge", body).await.0, 200);
+    let fail = failing_pool(&env, "flaky").await;
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !env.server.log().iter().any(|line| line.contains("failed to deploy a pooled instance")) {
-        assert!(Instant::now() < deadline, "no failure logged: {:?}", env.server.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_logged(&env, "failed to deploy a pooled instance", Duration::from_secs(10)).await;
     assert!(env.server.log().iter().any(|line| line.contains("the cluster is full")), "the error was not logged");
 
     // A failing pool does not hold on-demand deployments.
@@ -360,22 +365,13 @@ async fn pool_drains_when_the_challenge_ends() {
     wait_pooled(&env, "ending", 2).await;
 
     // Well before the periodic round: the drain is scheduled at the end.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !alive(&env).is_empty() {
-        assert!(Instant::now() < deadline, "pooled deployments outlived their challenge: {:?}", alive(&env));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_alive(&env, 0).await;
     assert_eq!(pooled(&env, "ending").await, 0);
 }
 
 #[tokio::test]
 async fn on_demand_deployments_count_towards_max() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let registry = Registry::start();
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let log_path = log.path().to_str().unwrap().to_owned();
-    let server = Server::start(&[("CM_TEST_LOG", &log_path), ("CM_TEST_SLEEP", "1")]);
-    let env = Env { registry, server, http: reqwest::Client::new(), log };
+    let env = Env::start_with(&[("CM_TEST_SLEEP", "1")]).await;
     create_pooled_challenge(&env, "capped", 2, 3).await;
     wait_pooled(&env, "capped", 2).await;
 
@@ -387,28 +383,18 @@ async fn on_demand_deployments_count_towards_max() {
 
     // The refill that was in flight is surplus: it goes well before the
     // periodic round, 15 s after the start.
-    let deadline = Instant::now() + Duration::from_secs(6);
-    while alive(&env).len() != 3 || pooled(&env, "capped").await != 0 {
-        assert!(Instant::now() < deadline, "{} deployments for max=3", alive(&env).len());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let failure = || format!("{} deployments for max=3", alive(&env).len());
+    let settled = || async { alive(&env).len() == 3 && pooled(&env, "capped").await == 0 };
+    wait_until(Duration::from_secs(6), failure, settled).await;
 }
 
 #[tokio::test]
 async fn update_retries_a_failing_pool_at_once() {
     let env = Env::start().await;
-    let fail = format!("{}.fail", env.log.path().display());
-    std::fs::write(&fail, "").unwrap();
-    let scenario = env.push("flaky", FLAKY).await;
-    let body = json!({"id": "fixed", "scenario": scenario, "min": 1});
-    assert_eq!(env.post("/api/v1/challenge", body).await.0, 200);
+    let fail = failing_pool(&env, "fixed").await;
 
     // Wait for the 4 s backoff, after the failures of the first rounds.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !env.server.log().iter().any(|line| line.contains("retry_in_ms=4000")) {
-        assert!(Instant::now() < deadline, "no 4 s backoff: {:?}", env.server.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_logged(&env, "retry_in_ms=4000", Duration::from_secs(15)).await;
 
     // The ChallMaker fixes the cause and saves the challenge.
     std::fs::remove_file(&fail).unwrap();
@@ -467,7 +453,7 @@ async fn pooled_instances_follow_updates() {
     assert_eq!(downs, 2, "{:?}", env.log_lines("down"));
 }
 
-/// [`RECORDER`], whose `up` sleeps 3 s while `$CM_TEST_LOG.slow` exists and
+/// Variant of [`RECORDER`] whose `up` sleeps 3 s while `$CM_TEST_LOG.slow` exists and
 /// fails when its additional values contain `bad`.
 const MOODY: &[(&str, &str)] = &[
     ("scenario.yaml", "runtime: exec\nup: sh up.sh\ndown: sh down.sh\n"),
@@ -530,11 +516,8 @@ async fn failed_claim_update_leaves_nothing() {
 
     // The taken instance is destroyed, and a new one refills the pool.
     assert!(!alive(&env).contains(&pooled_identity), "the claimed pooled instance was not destroyed");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pooled(&env, "picky").await != 1 {
-        assert!(Instant::now() < deadline, "the pool was not refilled after the failed claim");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let failure = || "the pool was not refilled after the failed claim".to_owned();
+    wait_until(Duration::from_secs(5), failure, || async { pooled(&env, "picky").await == 1 }).await;
     let (status, body) = env.delete("/api/v1/challenge/picky").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -547,11 +530,7 @@ async fn failed_claim_update_leaves_nothing() {
 #[tokio::test]
 async fn backoff_holds_under_claims() {
     let env = Env::start().await;
-    let fail = format!("{}.fail", env.log.path().display());
-    std::fs::write(&fail, "").unwrap();
-    let scenario = env.push("flaky", FLAKY).await;
-    let body = json!({"id": "storm", "scenario": scenario, "min": 1});
-    assert_eq!(env.post("/api/v1/challenge", body).await.0, 200);
+    failing_pool(&env, "storm").await;
 
     // On-demand claims keep triggering rounds for 3 s.
     let until = Instant::now() + Duration::from_secs(3);
@@ -570,7 +549,7 @@ async fn backoff_holds_under_claims() {
 }
 
 #[tokio::test]
-async fn new_tag_of_the_same_content_keeps_the_pool() {
+async fn new_tag_same_digest_keeps_pool() {
     let env = Env::start().await;
     let alias = env.push("recorder-alias", RECORDER).await;
     create_pooled_challenge(&env, "alias", 2, 0).await;

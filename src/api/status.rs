@@ -382,7 +382,7 @@ fn scenario_status(reference: &str, source: &scenario::Error) -> ApiError {
 }
 
 /// Maps a scenario that is fetched but that this server cannot run.
-/// `cause` says what the runner or the extraction rejected, for the
+/// `cause` describes what the runner or the extraction rejected, for the
 /// ChallMaker.
 fn non_matching_scenario(reference: &str, cause: &str) -> ApiError {
     ApiError::new(Code::InvalidArgument, "Scenario does not match specification.")

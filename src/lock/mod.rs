@@ -9,7 +9,7 @@
 //!
 //! A challenge's pool has a lock of its own, taken between the world and the
 //! challenge locks. Pool rounds hold it in read mode while they deploy,
-//! which can take minutes, without the challenge lock; updates and
+//! which can take minutes, and do not take the challenge lock. Updates and
 //! deletions of the challenge take it in write mode before the challenge
 //! lock. So a pending update waits for the deployments in flight without
 //! queueing ahead of the claims and reads of the challenge, which only take

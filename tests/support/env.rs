@@ -67,10 +67,17 @@ pub struct Env {
 
 impl Env {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts the environment with more variables for the server.
+    pub async fn start_with(env: &[(&str, &str)]) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let registry = Registry::start();
         let log = tempfile::NamedTempFile::new().unwrap();
-        let server = Server::start(&[("CM_TEST_LOG", log.path().to_str().unwrap())]);
+        let mut server_env = vec![("CM_TEST_LOG", log.path().to_str().unwrap())];
+        server_env.extend_from_slice(env);
+        let server = Server::start(&server_env);
         Self { registry, server, http: reqwest::Client::new(), log }
     }
 
