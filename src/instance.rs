@@ -184,8 +184,7 @@ impl Manager {
         // running: the next start of `serve` finishes it.
         self.store.commit_instance(intent, &instance).await?;
         info!("instance created");
-        // One more instance counts towards the pool's `max`.
-        self.refill_pool(&challenge_id);
+        self.pool_follows_instances(&challenge);
         Ok(instance)
     }
 
@@ -411,7 +410,7 @@ impl Manager {
         let instance = self.load_instance(challenge_id, source_id).await?;
         self.destroy_instance(&challenge, &instance).await?;
         info!(identity = %instance.identity, "instance deleted");
-        self.refill_pool(challenge_id);
+        self.pool_follows_instances(&challenge);
         Ok(())
     }
 

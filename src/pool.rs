@@ -179,6 +179,17 @@ impl Manager {
         self.trigger_round(challenge_id, false);
     }
 
+    /// Starts a round after an instance of this challenge was deployed on
+    /// demand or deleted, which changes the count that `max` caps. Without
+    /// `min` the delta rule never deploys, and the round that followed the
+    /// update to `min = 0` drained the pool, so there is nothing to do: the
+    /// janitor deletes thousands of such instances in one sweep.
+    pub(crate) fn pool_follows_instances(&self, challenge: &Challenge) {
+        if challenge.min > 0 {
+            self.refill_pool(&challenge.id);
+        }
+    }
+
     /// Starts a round like [`Manager::refill_pool`], but without waiting for
     /// a backoff, because a new or changed challenge may fix what failed.
     pub(crate) fn refill_pool_now(&self, challenge_id: &str) {
