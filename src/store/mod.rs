@@ -224,7 +224,7 @@ impl Store {
         }
         let file = self.instance_file(&instance.challenge_id, &instance.source_id);
         let state = self.state_dir(&instance.challenge_id, &instance.identity);
-        blocking(move || {
+        blocking_in_place(move || {
             remove_file_if_exists(&file)?;
             if let Some(parent) = file.parent() {
                 atomic::sync_dir(parent).map_err(io_error("sync", parent))?;
