@@ -302,7 +302,7 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Erro
 }
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    let bytes = match read_record(path) {
+    let bytes = match read_slot_file(path) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(io_error("read", path)(err)),
@@ -314,7 +314,7 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 
 /// Reads a whole file into a buffer sized for one slot, without asking for
 /// its size first as `std::fs::read` does: listings read thousands.
-fn read_record(path: &Path) -> io::Result<Vec<u8>> {
+fn read_slot_file(path: &Path) -> io::Result<Vec<u8>> {
     // One byte more than a slot, so that a full slot needs no reallocation
     // before the read that finds the end.
     let mut bytes = Vec::with_capacity(intent::SLOT + 1);
@@ -386,5 +386,55 @@ pub(crate) mod testing {
         };
         assert!(store.create_challenge(&challenge).await.unwrap());
         (dir, store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn padded_records_read_like_unpadded_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = br#"{"a":"b  "}"#;
+        // Padding lengths around the 32-byte steps of the trim, up to a
+        // full slot.
+        for padding in [0, 1, 31, 32, 33, 64, intent::SLOT - record.len()] {
+            let path = dir.path().join(format!("{padding}.json"));
+            let mut bytes = record.to_vec();
+            bytes.extend(std::iter::repeat_n(b' ', padding));
+            std::fs::write(&path, &bytes).unwrap();
+
+            let read: Option<BTreeMap<String, String>> = read_json(&path).unwrap();
+            assert_eq!(read.unwrap()["a"], "b  ", "with {padding} bytes of padding");
+        }
+    }
+
+    #[test]
+    fn a_missing_record_reads_as_none_and_garbage_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing: Option<BTreeMap<String, String>> = read_json(&dir.path().join("missing.json")).unwrap();
+        assert!(missing.is_none());
+
+        let torn = dir.path().join("torn.json");
+        std::fs::write(&torn, br#"{"a":"#).unwrap();
+        let read: Result<Option<BTreeMap<String, String>>> = read_json(&torn);
+        assert!(matches!(read, Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn state_directories_are_removed_empty_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (empty, full) = (dir.path().join("empty"), dir.path().join("full"));
+        std::fs::create_dir(&empty).unwrap();
+        std::fs::create_dir_all(full.join("nested")).unwrap();
+        std::fs::write(full.join("nested/state.json"), b"{}").unwrap();
+
+        for path in [&empty, &full, &dir.path().join("missing")] {
+            remove_dir_if_exists(path).unwrap();
+            assert!(!path.exists());
+        }
     }
 }
