@@ -50,7 +50,7 @@ pub enum Command {
 }
 
 /// Runs a parsed command line.
-/// Builds the runtime a command runs on. The server answers many clients
+/// Builds the runtime a command runs on. The server serves many clients
 /// at once and gets a thread per core. Every other command is one client of
 /// a server, or works alone on a data directory, where one thread is enough
 /// and saves the wake-ups between threads, which took half of the janitor's

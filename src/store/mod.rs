@@ -322,9 +322,9 @@ fn read_slot_file(path: &Path) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// The JSON text of a record, without the spaces that pad it to a slot
-/// (see [`intent::SLOT`]). The parser would skip them one byte at a time,
-/// which costs more than parsing the record itself.
+/// Cuts the spaces that pad a record to a slot (see [`intent::SLOT`]),
+/// which the parser would skip one byte at a time, at a higher cost than
+/// parsing the record itself.
 fn without_padding(bytes: &[u8]) -> &[u8] {
     const BLANK: [u8; 32] = [b' '; 32];
     let mut end = bytes.len();
@@ -413,7 +413,7 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_record_reads_as_none_and_garbage_as_corrupt() {
+    fn records_missing_read_as_none_and_torn_ones_as_corrupt() {
         let dir = tempfile::tempdir().unwrap();
         let missing: Option<BTreeMap<String, String>> = read_json(&dir.path().join("missing.json")).unwrap();
         assert!(missing.is_none());
