@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     let runtime = match cli::runtime(&cli.command) {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("chall-manager: cannot start the async runtime: {err}");
+            eprintln!("chall-manager: failed to start the async runtime: {err}");
             return ExitCode::FAILURE;
         }
     };

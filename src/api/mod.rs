@@ -25,8 +25,8 @@ use axum::{
     extract::{Request, State},
     http::{HeaderMap, header},
     middleware::{self, Next},
-    serve::{Listener, ListenerExt},
     response::{IntoResponse, Response},
+    serve::{Listener, ListenerExt},
 };
 use futures::{Stream, StreamExt, future};
 use tokio::net::{TcpListener, TcpStream};
@@ -59,8 +59,8 @@ pub async fn serve(
 
 /// Sets TCP_NODELAY on every accepted connection. Without it, a response
 /// written in several small segments (HTTP/2 headers, data, trailers) can
-/// wait for the client's delayed ACK, 40 ms on Linux: in a janitor sweep,
-/// every deletion in flight stalled with it now and then.
+/// wait for the client's delayed ACK, at least 40 ms on Linux. In a janitor
+/// sweep, every deletion in flight stalled with it now and then.
 fn without_nagle(listener: TcpListener) -> impl Listener<Io = TcpStream, Addr = SocketAddr> {
     listener.tap_io(|stream| {
         if let Err(error) = stream.set_nodelay(true) {

@@ -52,9 +52,9 @@ pub enum Command {
 /// Runs a parsed command line.
 /// Builds the runtime a command runs on. The server serves many clients
 /// at once and gets a thread per core. Every other command is one client of
-/// a server, or works alone on a data directory, where one thread is enough
-/// and saves the wake-ups between threads, which took half of the janitor's
-/// CPU time in a sweep.
+/// a server, or works alone on a data directory. There one thread is enough
+/// and saves the wake-ups between threads, which cost the janitor about 40 %
+/// of its CPU time in a sweep.
 pub fn runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = match command {
         Command::Serve(_) => tokio::runtime::Builder::new_multi_thread(),
