@@ -237,8 +237,21 @@ impl Manager {
                     ),
                 }
             }
-            // After the records are settled: a claim whose record was still
+            // After the records are settled: they tell which side of an
+            // interrupted replacement won, and a claim whose record was still
             // under a temporary name must count as done, not be destroyed.
+            for obsolete in self.store.obsolete_deployments(&id).await? {
+                match self.destroy_obsolete(&challenge, &obsolete).await {
+                    Ok(()) => settled += 1,
+                    Err(err) => warn!(
+                        challenge_id = %id,
+                        source_id = %obsolete.source_id,
+                        identity = %obsolete.identity,
+                        error = ?err.to_string(),
+                        "failed to destroy a deployment left by an interrupted update"
+                    ),
+                }
+            }
             match self.recover_pool(&challenge).await {
                 Ok(count) => settled += count,
                 Err(err) => warn!(challenge_id = %id, error = %err, "failed to settle an interrupted pool"),
@@ -301,6 +314,40 @@ impl Manager {
         self.store.remove_intent(intent).await?;
         info!(challenge_id = %challenge.id, identity = %intent.identity, "destroyed an interrupted deployment");
         Ok(())
+    }
+
+    /// Runs `down` for a deployment that an interrupted blue-green update
+    /// left behind.
+    async fn destroy_obsolete(&self, challenge: &Challenge, obsolete: &crate::store::Obsolete) -> Result<()> {
+        self.run_down(&challenge.id, &obsolete.source_id, &obsolete.identity, &obsolete.deployed).await?;
+        self.store.forget_obsolete(&challenge.id, obsolete).await?;
+        info!(challenge_id = %challenge.id, source_id = %obsolete.source_id, identity = %obsolete.identity, "destroyed a deployment left by an interrupted update");
+        Ok(())
+    }
+
+    /// Runs `down` for one deployment, with the scenario version and values
+    /// it was deployed with.
+    pub(crate) async fn run_down(
+        &self,
+        challenge_id: &str,
+        source_id: &str,
+        identity: &str,
+        version: &Deployed,
+    ) -> Result<()> {
+        let (runner, scenario_dir) = self.load_runner_at(&version.scenario, &version.digest).await?;
+        let state_dir = self.store.state_dir(challenge_id, identity);
+        let deployment = Deployment {
+            scenario_dir: &scenario_dir,
+            identity,
+            additional: &version.additional,
+            state_dir: &state_dir,
+        };
+        runner.down(&deployment).await.map_err(|source| Error::Deploy {
+            action: "destruction",
+            challenge_id: challenge_id.to_owned(),
+            source_id: source_id.to_owned(),
+            source,
+        })
     }
 
     /// Fetches the pinned scenario of a challenge and picks its runner.
@@ -418,21 +465,7 @@ impl Manager {
     /// caller holds a lock that covers the instance.
     pub(crate) async fn destroy_instance(&self, challenge: &Challenge, instance: &Instance) -> Result<()> {
         // `down` runs the scenario version the instance was deployed with.
-        let deployed = &instance.deployed;
-        let (runner, scenario_dir) = self.load_runner_at(&deployed.scenario, &deployed.digest).await?;
-        let state_dir = self.store.state_dir(&challenge.id, &instance.identity);
-        let deployment = Deployment {
-            scenario_dir: &scenario_dir,
-            identity: &instance.identity,
-            additional: &deployed.additional,
-            state_dir: &state_dir,
-        };
-        runner.down(&deployment).await.map_err(|source| Error::Deploy {
-            action: "destruction",
-            challenge_id: challenge.id.clone(),
-            source_id: instance.source_id.clone(),
-            source,
-        })?;
+        self.run_down(&challenge.id, &instance.source_id, &instance.identity, &instance.deployed).await?;
         self.store.delete_instance(instance).await?;
         Ok(())
     }

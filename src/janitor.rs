@@ -287,7 +287,7 @@ enum CallError<E> {
 
 /// Action of a sweep for one listed instance, or for a listing error.
 enum Step<E> {
-    Delete(Instance),
+    Delete(Box<Instance>),
     Keep,
     ListingCut(E),
 }
@@ -363,7 +363,7 @@ fn steps<E>(listed: Result<ChallengeInfo, E>, now: DateTime<Utc>) -> Vec<Step<E>
     };
     let step = |instance: Instance| {
         if instance.is_expired(now) {
-            return Step::Delete(instance);
+            return Step::Delete(Box::new(instance));
         }
         let reason = if instance.until.is_some() { "not expired yet" } else { "no until" };
         debug!(

@@ -14,6 +14,11 @@
 //! deployment is destroyed (blue-green), or the previous scenario runs `up`
 //! again (in place, recreate). The instance keeps its record, which still
 //! names the previous version, so sending the update again retries it.
+//!
+//! A blue-green update names both deployments in a file until the one that
+//! lost is destroyed (see `store::replacement`). So neither is orphaned when
+//! the process stops half way or a `down` fails: the next start of `serve`
+//! destroys what is left.
 
 use futures::future::join_all;
 use tracing::{info, warn};
@@ -117,35 +122,34 @@ impl Manager {
     }
 
     async fn blue_green(&self, challenge: &Challenge, instance: Instance, target: Deployed) -> Result<Instance> {
-        // NOTE: nothing durable names the new identity before its `up`, so a
-        // crash before the record below is saved leaves that deployment
-        // unrecorded.
-        let identity = new_identity();
-        self.store.reset_state_dir(&challenge.id, &identity).await?;
-        let outputs = match self.up(challenge, &instance, &identity, &target).await {
+        let draft = Instance { identity: new_identity(), deployed: target.clone(), ..instance.clone() };
+        let (_state, replacement) = self.store.begin_replacement(&instance, &draft).await?;
+        let outputs = match self.up(challenge, &instance, &draft.identity, &target).await {
             Ok(outputs) => outputs,
             Err(err) => {
-                if let Err(cleanup) = self.down(challenge, &instance, &identity, &target).await {
-                    warn!(identity, error = ?cleanup.to_string(), "failed to destroy the new deployment of a failed update");
+                match self.down(challenge, &instance, &draft.identity, &target).await {
+                    Ok(()) => self.store.abandon_replacement(replacement, &draft).await?,
+                    Err(cleanup) => warn!(
+                        new_identity = %draft.identity,
+                        error = ?cleanup.to_string(),
+                        "failed to destroy the new deployment of a failed update, the next start of serve tries again"
+                    ),
                 }
-                self.store.delete_state_dir(&challenge.id, &identity).await?;
                 return Err(err);
             }
         };
 
         // The new deployment serves from now on; the old one goes.
-        let old = instance.clone();
-        let updated = with_outputs(instance, target, outputs, Some(identity));
-        self.store.save_instance(&updated).await?;
-        // NOTE: when this `down` fails, no record of a claimed instance
-        // names the old identity any more, so its deployment is left behind.
-        // A pooled one keeps its old record, which the next round replaces.
-        self.down(challenge, &old, &old.identity, &old.deployed).await?;
-        if old.is_pooled() {
-            // A pooled record is named after its identity, which changed.
-            self.store.remove_pooled(&challenge.id, &old.identity).await?;
-        } else {
-            self.store.delete_state_dir(&challenge.id, &old.identity).await?;
+        let updated = with_outputs(instance.clone(), target, outputs, Some(draft.identity));
+        let retirement = self.store.commit_replacement(replacement, &updated, &instance).await?;
+        match self.down(challenge, &instance, &instance.identity, &instance.deployed).await {
+            Ok(()) => self.store.finish_retirement(retirement, &instance).await?,
+            // The update itself succeeded: the instance serves the new version.
+            Err(err) => warn!(
+                new_identity = %updated.identity,
+                error = ?err.to_string(),
+                "failed to destroy the previous deployment of an updated instance; the next start of serve (or the next pool round, for a pooled instance) tries again"
+            ),
         }
         Ok(updated)
     }
@@ -183,34 +187,23 @@ impl Manager {
     ) -> Result<Outputs> {
         let (runner, scenario_dir) = self.load_runner_at(&version.scenario, &version.digest).await?;
         let state_dir = self.store.state_dir(&challenge.id, identity);
-        let deployment = deployment_of(&scenario_dir, identity, version, &state_dir);
-        runner.up(&deployment).await.map_err(|source| deploy_error("update", challenge, instance, source))
+        let deployment = Deployment {
+            scenario_dir: &scenario_dir,
+            identity,
+            additional: &version.additional,
+            state_dir: &state_dir,
+        };
+        runner.up(&deployment).await.map_err(|source| Error::Deploy {
+            action: "update",
+            challenge_id: challenge.id.clone(),
+            source_id: instance.source_id.clone(),
+            source,
+        })
     }
 
     async fn down(&self, challenge: &Challenge, instance: &Instance, identity: &str, version: &Deployed) -> Result<()> {
-        let (runner, scenario_dir) = self.load_runner_at(&version.scenario, &version.digest).await?;
-        let state_dir = self.store.state_dir(&challenge.id, identity);
-        let deployment = deployment_of(&scenario_dir, identity, version, &state_dir);
-        runner.down(&deployment).await.map_err(|source| deploy_error("destruction", challenge, instance, source))
+        self.run_down(&challenge.id, &instance.source_id, identity, version).await
     }
-}
-
-fn deployment_of<'a>(
-    scenario_dir: &'a std::path::Path,
-    identity: &'a str,
-    version: &'a Deployed,
-    state_dir: &'a std::path::Path,
-) -> Deployment<'a> {
-    Deployment { scenario_dir, identity, additional: &version.additional, state_dir }
-}
-
-fn deploy_error(
-    action: &'static str,
-    challenge: &Challenge,
-    instance: &Instance,
-    source: crate::runner::Error,
-) -> Error {
-    Error::Deploy { action, challenge_id: challenge.id.clone(), source_id: instance.source_id.clone(), source }
 }
 
 /// Builds the instance after a successful `up` of `target`, under a new identity

@@ -534,14 +534,11 @@ async fn crash_during_up_is_finished_on_restart() {
     // A crash in the middle of `up`, not in the first moments: the intent
     // is flushed while `up` starts (see docs/storage.md).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let Env { registry, server, http, log } = env;
-    let data = server.crash();
+    let env = env.crash_and_restart();
     assert!(create.await.unwrap().is_err(), "the client got an answer from a crashed server");
 
-    // The restarted server runs `up` again for the same identity and records
+    // The restarted server ran `up` again for the same identity and recorded
     // the instance before serving: the client may retry and find it.
-    let server = Server::start_in(data, &[("CM_TEST_LOG", log.path().to_str().unwrap())]);
-    let env = Env { registry, server, http, log };
     let ups: Vec<String> = env.log_lines("up").iter().map(|line| line.split(' ').nth(1).unwrap().to_owned()).collect();
     assert_eq!(ups, vec![identity.clone(), identity.clone()], "up ran again for the interrupted identity");
     assert!(env.log_lines("down").is_empty(), "the interrupted deployment was destroyed");

@@ -275,3 +275,117 @@ async fn failed_destroy_keeps_the_challenge() {
     assert_eq!(status, 200, "{kept}");
     assert_eq!(kept["instances"].as_array().unwrap().len(), 1, "the instance that is still deployed is listed");
 }
+
+/// First version of a scenario whose `down` fails while the file
+/// `$CM_TEST_LOG.fail` exists.
+const SWITCHABLE_V1: &[(&str, &str)] = &[
+    ("scenario.yaml", "runtime: exec\nup: sh up.sh\ndown: sh down.sh\n"),
+    (
+        "up.sh",
+        r#"echo "up $CM_IDENTITY" >> "$CM_TEST_LOG"
+printf '{"connection_info":"conn-%s"}\n' "$CM_IDENTITY"
+"#,
+    ),
+    ("down.sh", "echo \"down $CM_IDENTITY\" >> \"$CM_TEST_LOG\"\n[ ! -e \"$CM_TEST_LOG.fail\" ]\n"),
+];
+
+/// Second version, whose `up` waits while the file `$CM_TEST_LOG.hold`
+/// exists.
+const SWITCHABLE_V2: &[(&str, &str)] = &[
+    ("scenario.yaml", "runtime: exec\nup: sh up.sh\ndown: sh down.sh\ntimeout: 60s\n"),
+    (
+        "up.sh",
+        r#"echo "up $CM_IDENTITY" >> "$CM_TEST_LOG"
+while [ -e "$CM_TEST_LOG.hold" ]; do sleep 0.05; done
+printf '{"connection_info":"v2-%s"}\n' "$CM_IDENTITY"
+"#,
+    ),
+    ("down.sh", "echo \"down $CM_IDENTITY\" >> \"$CM_TEST_LOG\"\n"),
+];
+
+/// A marker file next to the scenarios' log.
+fn marker(env: &Env, suffix: &str) -> std::path::PathBuf {
+    let mut path = env.log.path().as_os_str().to_owned();
+    path.push(suffix);
+    path.into()
+}
+
+/// Creates a challenge on [`SWITCHABLE_V1`] with one instance, and returns
+/// the reference of [`SWITCHABLE_V2`] and the instance's identity.
+async fn switchable_instance(env: &Env) -> (String, String) {
+    let v1 = env.push("switchable", SWITCHABLE_V1).await;
+    let v2 = env.push("switchable-v2", SWITCHABLE_V2).await;
+    challenge(env, json!({"id": "bg", "scenario": v1})).await;
+    let created = instance(env, "bg", "1").await;
+    let identity = created["connectionInfo"].as_str().unwrap().trim_start_matches("conn-").to_owned();
+    (v2, identity)
+}
+
+/// Names of the blue-green bookkeeping files left in the data directory.
+fn replacement_files(env: &Env) -> Vec<String> {
+    let mut found = Vec::new();
+    for challenge in std::fs::read_dir(env.server.data_dir().join("challenges")).unwrap() {
+        let Ok(files) = std::fs::read_dir(challenge.unwrap().path().join("instances")) else { continue };
+        for file in files {
+            let name = file.unwrap().file_name().to_string_lossy().into_owned();
+            if name.ends_with(".replace") || name.ends_with(".retire") {
+                found.push(name);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn blue_green_crash_keeps_old_version() {
+    let env = Env::start().await;
+    let (v2, old_identity) = switchable_instance(&env).await;
+
+    // Update, and crash the server while the new version's `up` waits.
+    let hold = marker(&env, ".hold");
+    std::fs::write(&hold, "").unwrap();
+    let update = tokio::spawn({
+        let url = env.server.url("/api/v1/challenge/bg");
+        let body = json!({"scenario": v2, "updateMask": "scenario", "updateStrategy": "blue_green"});
+        async move { reqwest::Client::new().patch(url).json(&body).send().await }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while env.log_lines("up").len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the new version's up never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let new_identity = env.log_lines("up")[1].split(' ').nth(1).unwrap().to_owned();
+    let env = env.crash_and_restart();
+    std::fs::remove_file(&hold).unwrap();
+    assert!(update.await.unwrap().is_err(), "the client got an answer from a crashed server");
+
+    // The restarted server destroyed the new deployment before serving.
+    assert_eq!(env.log_lines("down"), vec![format!("down {new_identity}")]);
+    let (status, current) = env.get("/api/v1/instance/bg/1").await;
+    assert_eq!(status, 200, "{current}");
+    assert_eq!(current["connectionInfo"], format!("conn-{old_identity}"), "the previous version no longer serves");
+    assert!(replacement_files(&env).is_empty(), "{:?}", replacement_files(&env));
+}
+
+#[tokio::test]
+async fn blue_green_old_down_retried_on_restart() {
+    let env = Env::start().await;
+    let (v2, old_identity) = switchable_instance(&env).await;
+
+    let fail = marker(&env, ".fail");
+    std::fs::write(&fail, "").unwrap();
+    let updated =
+        update(&env, "bg", json!({"scenario": v2, "updateMask": "scenario", "updateStrategy": "blue_green"})).await;
+    let connection = updated["instances"][0]["connectionInfo"].as_str().unwrap().to_owned();
+    assert!(connection.starts_with("v2-"), "the update did not switch versions: {updated}");
+    assert_eq!(env.log_lines("down"), vec![format!("down {old_identity}")], "the old deployment's down did not run");
+
+    // The old deployment is still named on disk, and destroyed on restart.
+    std::fs::remove_file(&fail).unwrap();
+    assert_eq!(replacement_files(&env).len(), 1, "nothing names the old deployment");
+    let env = env.crash_and_restart();
+    assert_eq!(env.log_lines("down"), vec![format!("down {old_identity}"); 2]);
+    assert!(replacement_files(&env).is_empty(), "{:?}", replacement_files(&env));
+    let (_, current) = env.get("/api/v1/instance/bg/1").await;
+    assert_eq!(current["connectionInfo"], connection.as_str());
+}

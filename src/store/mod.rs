@@ -12,6 +12,8 @@
 //! <dir>/challenges/<key(challenge id)>/instances/<key(source id)>.json
 //! <dir>/challenges/<key(challenge id)>/instances/<key(source id)>.<identity>.intent   (see `intent`)
 //! <dir>/challenges/<key(challenge id)>/instances/<key(source id)>.<identity>.commit
+//! <dir>/challenges/<key(challenge id)>/instances/<key(source id)>.<identity>.replace  (see `replacement`)
+//! <dir>/challenges/<key(challenge id)>/instances/<key(source id)>.<identity>.retire
 //! <dir>/challenges/<key(challenge id)>/state/<identity>/     CM_STATE_DIR of an instance
 //! <dir>/challenges/<key(challenge id)>/pool/<identity>.json  a pooled instance (see `pool`)
 //! <dir>/spare/                              files and directories made ahead of time
@@ -24,6 +26,7 @@
 mod atomic;
 mod intent;
 mod pool;
+mod replacement;
 mod spare;
 
 use std::{
@@ -41,6 +44,7 @@ use spare::Spares;
 pub use atomic::write_atomic;
 pub use intent::{FoundIntent, Intent};
 pub use pool::PoolLeftovers;
+pub use replacement::{Obsolete, Replacement, Retirement};
 
 /// Failure of a store operation, with the path it was working on.
 #[derive(Debug, thiserror::Error)]

@@ -81,6 +81,16 @@ impl Env {
         Self { registry, server, http: reqwest::Client::new(), log }
     }
 
+    /// Kills the server as a crash would, and starts a new one over the
+    /// same data directory and log.
+    #[allow(dead_code, reason = "only some test files crash the server")]
+    pub fn crash_and_restart(self) -> Self {
+        let Self { registry, server, http, log } = self;
+        let data = server.crash();
+        let server = Server::start_in(data, &[("CM_TEST_LOG", log.path().to_str().unwrap())]);
+        Self { registry, server, http, log }
+    }
+
     /// Pushes a scenario to the registry and returns its reference.
     pub async fn push(&self, name: &str, files: &[(&str, &str)]) -> String {
         let dir = scenario_dir(files);
