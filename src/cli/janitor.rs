@@ -52,11 +52,18 @@ pub struct Args {
     pub data: DataArgs,
 }
 
+impl Args {
+    /// Returns the server to sweep, or `None` for the local data directory.
+    pub fn url(&self) -> Option<String> {
+        self.url.clone().or_else(|| std::env::var("CHALL_MANAGER_URL").ok())
+    }
+}
+
 /// Sweeps once or on a ticker. A one-shot sweep that leaves an expired
 /// instance in place is an error; in ticker mode it is only logged.
 pub async fn run(args: Args) -> Result<(), Error> {
     let mut signals = Signals::new()?;
-    let url = args.url.clone().or_else(|| std::env::var("CHALL_MANAGER_URL").ok());
+    let url = args.url();
     let backend = Backend::open_lazy(url.as_deref(), &args.data)?;
     let settings = Settings { parallel: args.parallel, breaker_timeout: args.breaker_timeout, ..Settings::default() };
     let janitor = Janitor::new(backend, settings);

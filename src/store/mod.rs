@@ -316,11 +316,25 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
         .map_err(|source| Error::Corrupt { path: path.to_path_buf(), source })
 }
 
-/// Reads a whole file into a buffer sized for one slot, without asking for
-/// its size first as `std::fs::read` does: listings read thousands.
+/// Reads a whole file into a buffer sized for one slot. `File::read_to_end`
+/// and `std::fs::read` ask for the size and position first, two system
+/// calls per record, and listings read thousands.
 fn read_slot_file(path: &Path) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::with_capacity(intent::SLOT);
-    std::fs::File::open(path)?.read_to_end(&mut bytes)?;
+    let mut file = std::fs::File::open(path)?;
+    let mut bytes = vec![0; intent::SLOT];
+    let mut filled = 0;
+    loop {
+        if filled == bytes.len() {
+            bytes.resize(bytes.len() * 2, 0);
+        }
+        match file.read(&mut bytes[filled..]) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    bytes.truncate(filled);
     Ok(bytes)
 }
 
@@ -411,6 +425,19 @@ mod tests {
 
             let read: Option<BTreeMap<String, String>> = read_json(&path).unwrap();
             assert_eq!(read.unwrap()["a"], "b  ", "with {padding} bytes of padding");
+        }
+    }
+
+    #[test]
+    fn records_of_a_slot_or_more_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        for length in [intent::SLOT, intent::SLOT + 1, 3 * intent::SLOT + 5] {
+            let value = "x".repeat(length - r#"{"a":""}"#.len());
+            let path = dir.path().join(format!("{length}.json"));
+            std::fs::write(&path, format!(r#"{{"a":"{value}"}}"#)).unwrap();
+
+            let read: Option<BTreeMap<String, String>> = read_json(&path).unwrap();
+            assert_eq!(read.unwrap()["a"], value, "record of {length} bytes");
         }
     }
 
