@@ -240,18 +240,7 @@ impl Manager {
             // After the records are settled: they tell which side of an
             // interrupted replacement won, and a claim whose record was still
             // under a temporary name must count as done, not be destroyed.
-            for obsolete in self.store.obsolete_deployments(&id).await? {
-                match self.destroy_obsolete(&challenge, &obsolete).await {
-                    Ok(()) => settled += 1,
-                    Err(err) => warn!(
-                        challenge_id = %id,
-                        source_id = %obsolete.source_id,
-                        identity = %obsolete.identity,
-                        error = ?err.to_string(),
-                        "failed to destroy a deployment left by an interrupted update"
-                    ),
-                }
-            }
+            settled += self.destroy_obsolete_deployments(&challenge).await?;
             match self.recover_pool(&challenge).await {
                 Ok(count) => settled += count,
                 Err(err) => warn!(challenge_id = %id, error = %err, "failed to settle an interrupted pool"),
@@ -316,8 +305,26 @@ impl Manager {
         Ok(())
     }
 
-    /// Runs `down` for a deployment that an interrupted blue-green update
-    /// left behind.
+    /// Destroys the deployments that interrupted blue-green updates left
+    /// behind. Returns how many were destroyed; failures are logged and
+    /// retried on the next call.
+    async fn destroy_obsolete_deployments(&self, challenge: &Challenge) -> Result<usize> {
+        let mut destroyed = 0;
+        for obsolete in self.store.obsolete_deployments(&challenge.id).await? {
+            match self.destroy_obsolete(challenge, &obsolete).await {
+                Ok(()) => destroyed += 1,
+                Err(err) => warn!(
+                    challenge_id = %challenge.id,
+                    source_id = %obsolete.source_id,
+                    identity = %obsolete.identity,
+                    error = ?err.to_string(),
+                    "failed to destroy a deployment left by an interrupted update"
+                ),
+            }
+        }
+        Ok(destroyed)
+    }
+
     async fn destroy_obsolete(&self, challenge: &Challenge, obsolete: &crate::store::Obsolete) -> Result<()> {
         self.run_down(&challenge.id, &obsolete.source_id, &obsolete.identity, &obsolete.deployed).await?;
         self.store.forget_obsolete(&challenge.id, obsolete).await?;

@@ -29,6 +29,7 @@ use crate::{
     instance::{Deployed, Instance, merge_additional, new_identity},
     manager::Manager,
     runner::{Deployment, Outputs},
+    store::Retirement,
 };
 
 impl Manager {
@@ -142,16 +143,26 @@ impl Manager {
         // The new deployment serves from now on; the old one goes.
         let updated = with_outputs(instance.clone(), target, outputs, Some(draft.identity));
         let retirement = self.store.commit_replacement(replacement, &updated, &instance).await?;
-        match self.down(challenge, &instance, &instance.identity, &instance.deployed).await {
-            Ok(()) => self.store.finish_retirement(retirement, &instance).await?,
-            // The update itself succeeded: the instance serves the new version.
-            Err(err) => warn!(
-                new_identity = %updated.identity,
+        self.retire(challenge, &instance, retirement, &updated.identity).await;
+        Ok(updated)
+    }
+
+    /// Destroys the deployment that a blue-green update replaced. The update
+    /// itself succeeded and the instance serves the new version, so failures
+    /// are logged, not returned: the file left names the old deployment for
+    /// the next start of `serve`.
+    async fn retire(&self, challenge: &Challenge, old: &Instance, retirement: Retirement, new_identity: &str) {
+        if let Err(err) = self.down(challenge, old, &old.identity, &old.deployed).await {
+            warn!(
+                new_identity,
                 error = ?err.to_string(),
                 "failed to destroy the previous deployment of an updated instance; the next start of serve (or the next pool round, for a pooled instance) tries again"
-            ),
+            );
+            return;
         }
-        Ok(updated)
+        if let Err(err) = self.store.finish_retirement(retirement, old).await {
+            warn!(error = %err, "failed to remove the files of a destroyed previous deployment");
+        }
     }
 
     async fn recreate(&self, challenge: &Challenge, instance: Instance, target: Deployed) -> Result<Instance> {
