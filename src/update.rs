@@ -166,6 +166,9 @@ impl Manager {
     }
 
     async fn recreate(&self, challenge: &Challenge, instance: Instance, target: Deployed) -> Result<Instance> {
+        // NOTE: a crash between this `down` and the `up` below leaves a record
+        // whose deployment is gone. Sending the update again runs `down`
+        // (on nothing) and `up`, so the scenario's `down` must accept that.
         self.down(challenge, &instance, &instance.identity, &instance.deployed).await?;
         self.store.reset_state_dir(&challenge.id, &instance.identity).await?;
         match self.up(challenge, &instance, &instance.identity, &target).await {
