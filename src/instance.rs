@@ -306,7 +306,7 @@ impl Manager {
     }
 
     /// Destroys the deployments that interrupted blue-green updates left
-    /// behind. Returns how many were destroyed; failures are logged and
+    /// behind. Returns how many were destroyed. Failures are logged and
     /// retried on the next call.
     async fn destroy_obsolete_deployments(&self, challenge: &Challenge) -> Result<usize> {
         let mut destroyed = 0;

@@ -303,7 +303,7 @@ printf '{"connection_info":"v2-%s"}\n' "$CM_IDENTITY"
     ("down.sh", "echo \"down $CM_IDENTITY\" >> \"$CM_TEST_LOG\"\n"),
 ];
 
-/// A marker file next to the scenarios' log.
+/// Returns the path of a marker file next to the scenarios' log.
 fn marker(env: &Env, suffix: &str) -> std::path::PathBuf {
     let mut path = env.log.path().as_os_str().to_owned();
     path.push(suffix);
@@ -321,7 +321,7 @@ async fn switchable_instance(env: &Env) -> (String, String) {
     (v2, identity)
 }
 
-/// Names of the blue-green bookkeeping files left in the data directory.
+/// Lists the blue-green bookkeeping files left in the data directory.
 fn replacement_files(env: &Env) -> Vec<String> {
     let mut found = Vec::new();
     for challenge in std::fs::read_dir(env.server.data_dir().join("challenges")).unwrap() {

@@ -57,19 +57,19 @@ impl Version {
 /// A replacement whose new deployment may exist but is not recorded yet.
 #[must_use = "commit or abandon the replacement, or the next start destroys the new deployment"]
 pub struct Replacement {
-    /// The `.replace` file; `None` for a pooled instance.
+    /// The `.replace` file, or `None` for a pooled instance.
     file: Option<PathBuf>,
 }
 
 /// A finished replacement whose old deployment may still exist.
 #[must_use = "finish the retirement once the old deployment is destroyed"]
 pub struct Retirement {
-    /// The `.retire` file; `None` for a pooled instance.
+    /// The `.retire` file, or `None` for a pooled instance.
     file: Option<PathBuf>,
 }
 
-/// A deployment that a stopped process left behind a replacement, to
-/// destroy with [`Store::forget_obsolete`] afterwards.
+/// A deployment left behind by a replacement that a stopped process
+/// interrupted. Destroy it, then call [`Store::forget_obsolete`].
 #[derive(Debug)]
 pub struct Obsolete {
     file: PathBuf,
@@ -147,7 +147,7 @@ impl Store {
 
     /// Lists the deployments that replacements interrupted by a stopped
     /// process left behind. Call it after [`Store::settle_files`], which
-    /// puts the records in place; the caller holds the challenge's lock in
+    /// puts the records in place. The caller holds the challenge's lock in
     /// write mode.
     pub async fn obsolete_deployments(&self, challenge_id: &str) -> Result<Vec<Obsolete>> {
         let store = self.clone();
@@ -156,11 +156,12 @@ impl Store {
         blocking(move || {
             let mut obsolete = Vec::new();
             for file in files_with_extension(&dir, &[REPLACE, RETIRE])? {
-                let plan = match std::fs::read(&file).map(|bytes| serde_json::from_slice::<Plan>(&bytes)) {
-                    Ok(Ok(plan)) => plan,
-                    // Plans are written atomically: this is a damaged disk.
-                    _ => {
-                        warn!(path = %file.display(), "skipping a replacement file that cannot be read");
+                // Plans are written atomically, so an unreadable one means a
+                // damaged disk. It stays in place for an operator to inspect.
+                let plan = match read_plan(&file) {
+                    Ok(plan) => plan,
+                    Err(error) => {
+                        warn!(challenge_id, path = %file.display(), error, "failed to read a replacement file, skipping it");
                         continue;
                     }
                 };
@@ -192,6 +193,11 @@ impl Store {
         let record: Option<Instance> = read_json(&self.instance_file(challenge_id, source_id)).ok().flatten();
         record.is_some_and(|record| record.identity == identity)
     }
+}
+
+fn read_plan(file: &Path) -> Result<Plan, String> {
+    let bytes = std::fs::read(file).map_err(|err| err.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|err| err.to_string())
 }
 
 /// Removes a file and flushes its directory, so that a crash cannot bring
@@ -256,11 +262,18 @@ mod tests {
         vec![(identity.to_owned(), digest.to_owned())]
     }
 
-    #[tokio::test]
-    async fn interrupted_before_the_record_the_new_deployment_goes() {
-        let (_dir, store) = store_with_challenge().await;
+    /// Opens a store whose source `s` is recorded as `old` (identity
+    /// `aaaa`), with `new` (identity `bbbb`) ready to replace it.
+    async fn store_with_instance() -> (tempfile::TempDir, Store, Instance, Instance) {
+        let (dir, store) = store_with_challenge().await;
         let (old, new) = (instance("aaaa", "sha256:01"), instance("bbbb", "sha256:02"));
         store.save_instance(&old).await.unwrap();
+        (dir, store, old, new)
+    }
+
+    #[tokio::test]
+    async fn unrecorded_replacement_destroys_new() {
+        let (_dir, store, old, new) = store_with_instance().await;
 
         let (state, _replacement) = store.begin_replacement(&old, &new).await.unwrap();
         assert!(state.is_dir());
@@ -268,26 +281,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn interrupted_after_the_record_the_old_deployment_goes() {
-        let (_dir, store) = store_with_challenge().await;
-        let (old, new) = (instance("aaaa", "sha256:01"), instance("bbbb", "sha256:02"));
-        store.save_instance(&old).await.unwrap();
+    async fn recorded_replacement_destroys_old() {
+        let (_dir, store, old, new) = store_with_instance().await;
         let (_state, replacement) = store.begin_replacement(&old, &new).await.unwrap();
 
         let _retirement = store.commit_replacement(replacement, &new, &old).await.unwrap();
         assert_eq!(obsolete(&store).await, left("aaaa", "sha256:01"));
 
-        // The rename to `.retire` is not flushed: a crash may undo it.
+        // The rename to `.retire` is not flushed, so a crash may undo it.
         let retire = store.plan_file(&old, "aaaa", RETIRE);
         std::fs::rename(&retire, store.plan_file(&new, "bbbb", REPLACE)).unwrap();
         assert_eq!(obsolete(&store).await, left("aaaa", "sha256:01"));
     }
 
     #[tokio::test]
-    async fn finished_or_abandoned_replacements_leave_nothing() {
-        let (dir, store) = store_with_challenge().await;
-        let (old, new) = (instance("aaaa", "sha256:01"), instance("bbbb", "sha256:02"));
-        store.save_instance(&old).await.unwrap();
+    async fn ended_replacements_leave_nothing() {
+        let (_dir, store, old, new) = store_with_instance().await;
         store.reset_state_dir("c", "aaaa").await.unwrap();
 
         let (new_state, replacement) = store.begin_replacement(&old, &new).await.unwrap();
@@ -303,14 +312,12 @@ mod tests {
         assert_eq!(store.load_instance("c", "s").await.unwrap().unwrap().identity, "bbbb");
         let names: Vec<_> =
             std::fs::read_dir(store.instances_dir("c")).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, vec![std::ffi::OsString::from(format!("{}.json", key("s")))], "in {:?}", dir.path());
+        assert_eq!(names, vec![std::ffi::OsString::from(format!("{}.json", key("s")))]);
     }
 
     #[tokio::test]
-    async fn obsolete_deployment_is_forgotten_once_destroyed() {
-        let (_dir, store) = store_with_challenge().await;
-        let (old, new) = (instance("aaaa", "sha256:01"), instance("bbbb", "sha256:02"));
-        store.save_instance(&old).await.unwrap();
+    async fn obsolete_forgotten_once_destroyed() {
+        let (_dir, store, old, new) = store_with_instance().await;
         let (_state, _replacement) = store.begin_replacement(&old, &new).await.unwrap();
 
         for obsolete in store.obsolete_deployments("c").await.unwrap() {
@@ -318,5 +325,16 @@ mod tests {
         }
         assert!(obsolete(&store).await.is_empty());
         assert!(!store.state_dir("c", "bbbb").exists());
+    }
+
+    #[tokio::test]
+    async fn damaged_plan_is_skipped_and_kept() {
+        let (_dir, store, old, new) = store_with_instance().await;
+        let (_state, _replacement) = store.begin_replacement(&old, &new).await.unwrap();
+        let file = store.plan_file(&new, "bbbb", REPLACE);
+        std::fs::write(&file, br#"{"source_id":"s","old":"#).unwrap();
+
+        assert!(obsolete(&store).await.is_empty());
+        assert!(file.exists(), "the damaged file was removed");
     }
 }
